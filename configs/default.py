@@ -1,0 +1,89 @@
+"""The paper's numbers (Wang et al., CVPR 2018, and the DaRe / TriNet code).
+
+Every other config starts from this one and overrides a few fields. A number
+used by the code lives here, named as the paper names it, and nowhere else.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # --- model: a ResNet in the torchvision ("v1.5") layout with 4 exit heads.
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = 'resnet'
+  c.model.depth = 50  # 18, 34 (basic blocks), 50, 101 (bottlenecks); 0 = custom
+  c.model.stage_sizes = ()  # custom blocks per stage, used when depth == 0
+  c.model.block = 'bottleneck'  # custom block type, used when depth == 0
+  c.model.width = 64  # channels of the stem; stage s has width * 2**(s-1)
+  c.model.head_hidden = 1024  # exit head: GAP -> Dense(1024) -> BN -> ReLU
+  c.model.embedding_dim = 128  # -> Dense(128) = phi_s
+  # Fusion weights w_s start uniform in [low, high] (the DaRe code: +-0.5).
+  c.model.fusion_init_low = -0.5
+  c.model.fusion_init_high = 0.5
+  # PyTorch BatchNorm2d(momentum=0.1, eps=1e-5) == Flax (momentum=0.9, 1e-5).
+  c.model.bn_momentum = 0.9
+  c.model.bn_epsilon = 1e-5
+  c.model.dtype = 'float32'  # compute dtype; parameters stay float32
+  c.model.pretrained = ''  # backbone weights file (the weight-import issue)
+
+  # --- loss: batch-hard soft-margin triplet loss (Hermans et al. 2017).
+  c.loss = ml_collections.ConfigDict()
+  c.loss.eps = 1e-8  # D(a, b) = sqrt(||a - b||^2 + eps)
+  c.loss.deep_supervision = True  # sum over the 4 exits and fused
+
+  # --- optimiser: Adam with the TriNet schedule and coupled L2 decay.
+  c.optim = ml_collections.ConfigDict()
+  c.optim.eps0 = 3e-4  # base learning rate
+  c.optim.t0 = 30000  # decay starts (DaRe; TriNet: 15000)
+  c.optim.t1 = 60000  # lr reaches eps0 * 0.001 (DaRe; TriNet: 25000)
+  c.optim.decay_factor = 0.001
+  c.optim.beta1 = 0.9  # before t0
+  c.optim.beta1_after_t0 = 0.5
+  c.optim.beta2 = 0.999
+  c.optim.adam_eps = 1e-8
+  c.optim.weight_decay = 1e-4  # L2, added to the gradients (not AdamW)
+
+  # --- training loop.
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 60000
+  c.train.P = 18  # identities per batch
+  c.train.K = 4  # images per identity
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+  c.train.log_every = 100
+
+  # --- data.
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = 'market'
+  c.data.root = ''
+  c.data.input_size = (256, 128)  # (H, W) fed to the network
+  c.data.resize_factor = 1.125  # resize to 288x144, then crop 256x128
+  c.data.hflip = True
+  c.data.random_erasing = False
+  c.data.erasing_p = 0.5
+  c.data.erasing_area = (0.02, 0.2)  # fraction of the image
+  c.data.erasing_aspect = 0.3  # aspect ratio in [0.3, 1 / 0.3]
+  c.data.mean = (0.485, 0.456, 0.406)  # ImageNet, RGB in [0, 1]
+  c.data.std = (0.229, 0.224, 0.225)
+  c.data.pipeline = 'tf'  # 'tf' (tf.data) or 'numpy' (TensorFlow-free)
+  c.data.prefetch = 4  # batches prepared ahead of the device
+  c.data.cache_dir = ''  # '' = ~/.cache/dare_jax
+  # Synthetic dataset (data.dataset == 'synthetic').
+  c.data.synthetic = ml_collections.ConfigDict()
+  c.data.synthetic.num_train_ids = 300
+  c.data.synthetic.num_test_ids = 200
+  c.data.synthetic.num_cameras = 4
+  c.data.synthetic.hard_fraction = 0.5
+  c.data.synthetic.seed = 0
+
+  # --- evaluation.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 32  # images per batch; each is 10 views with TTA
+  c.eval.tta = True  # 5 crops + flips (10 views) averaged
+  c.eval.metric = 'euclidean'
+  c.eval.ap = 'market'
+  c.eval.ranks = (1, 5, 10)
+  return c

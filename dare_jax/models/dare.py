@@ -1,0 +1,91 @@
+"""DaRe: a backbone with an exit head per stage and a learnt fusion.
+
+    stage map_s -> GAP -> Dense(1024) -> BN -> ReLU -> Dense(128) = phi_s
+    phi_fused = sum_s w_s * phi_s    (4 free scalars: no softmax, no norm)
+
+Embeddings are raw (not L2-normalised), as in the paper.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dare_jax.errors import ConfigError
+from dare_jax.models import resnet
+
+EXITS = ('stage1', 'stage2', 'stage3', 'stage4')
+EMBEDDINGS = EXITS + ('fused',)
+
+
+class ExitHead(nn.Module):
+  hidden: int
+  embedding_dim: int
+  norm: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC):
+    x = jnp.mean(x_BxHxWxC, axis=(1, 2))
+    x = nn.Dense(self.hidden, dtype=self.dtype, name='fc1')(x)
+    x = nn.relu(self.norm(name='bn')(x))
+    return nn.Dense(self.embedding_dim, dtype=self.dtype, name='fc2')(x)
+
+
+def uniform_init(low: float, high: float):
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, low, high)
+  return init
+
+
+class DaRe(nn.Module):
+  """images [B, H, W, 3] (normalised) -> {stage1..4, fused: [B, D] float32}."""
+  block: str
+  stage_sizes: Sequence[int]
+  width: int = 64
+  head_hidden: int = 1024
+  embedding_dim: int = 128
+  fusion_init_low: float = -0.5
+  fusion_init_high: float = 0.5
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  # Named axis over which training BatchNorm averages its batch statistics
+  # (synchronised BN under shard_map); None on a single un-mapped device.
+  bn_axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    norm = resnet.make_norm(train, self.bn_momentum, self.bn_epsilon,
+                            self.bn_axis_name)
+    maps = resnet.ResNet(self.block, self.stage_sizes, self.width, norm=norm,
+                         dtype=self.dtype, name='backbone')(x.astype(self.dtype))
+    out = {}
+    for name, m in zip(EXITS, maps):
+      head = ExitHead(self.head_hidden, self.embedding_dim, norm,
+                      dtype=self.dtype, name=f'exit{name[-1]}')
+      out[name] = head(m).astype(jnp.float32)
+    w = self.param('fusion', uniform_init(self.fusion_init_low,
+                                          self.fusion_init_high), (len(EXITS),))
+    out['fused'] = sum(w[s] * out[name] for s, name in enumerate(EXITS))
+    return out
+
+
+def from_config(model_cfg, bn_axis_name: Optional[str] = None) -> DaRe:
+  """The one place that reads config.model (backbone construction)."""
+  if model_cfg.backbone != 'resnet':
+    raise ConfigError(f'model.backbone={model_cfg.backbone!r}: only "resnet" '
+                     'is implemented.')
+  block, stage_sizes = resnet.resolve_depth(
+      model_cfg.depth, model_cfg.block, model_cfg.stage_sizes)
+  return DaRe(block=block, stage_sizes=stage_sizes, width=model_cfg.width,
+              head_hidden=model_cfg.head_hidden,
+              embedding_dim=model_cfg.embedding_dim,
+              fusion_init_low=model_cfg.fusion_init_low,
+              fusion_init_high=model_cfg.fusion_init_high,
+              bn_momentum=model_cfg.bn_momentum,
+              bn_epsilon=model_cfg.bn_epsilon, bn_axis_name=bn_axis_name,
+              dtype=jnp.dtype(model_cfg.dtype))

@@ -1,0 +1,99 @@
+"""The DaRe model: torchvision-layout backbone, exit heads, fusion."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from configs import smoke
+from dare_jax.models import dare
+
+
+def _n_params(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+# torchvision's published parameter counts minus the 1000-way fc layer.
+TORCHVISION_NO_FC = {18: 11_689_512 - 513_000, 34: 21_797_672 - 513_000,
+                     50: 25_557_032 - 2_049_000, 101: 44_549_160 - 2_049_000}
+
+
+@pytest.mark.parametrize('depth', [18, 34, 50, 101])
+def test_backbone_parameter_count_matches_torchvision(depth):
+  c = default.get_config().model
+  c.depth = depth
+  model = dare.from_config(c)
+  v = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                        jnp.zeros((1, 64, 32, 3))))
+  assert _n_params(v['params']['backbone']) == TORCHVISION_NO_FC[depth]
+  # Exit heads: Dense(C_s, 1024) + BN(1024) + Dense(1024, 128), with biases.
+  ch = [64, 128, 256, 512] if depth < 50 else [256, 512, 1024, 2048]
+  for s, c_s in enumerate(ch, 1):
+    head = v['params'][f'exit{s}']
+    assert head['fc1']['kernel'].shape == (c_s, 1024)
+    assert head['fc1']['bias'].shape == (1024,)
+    assert head['bn']['scale'].shape == (1024,)
+    assert head['fc2']['kernel'].shape == (1024, 128)
+    assert head['fc2']['bias'].shape == (128,)
+  assert v['params']['fusion'].shape == (4,)
+
+
+def test_resnet50_stage_shapes_and_v15_stride():
+  c = default.get_config().model
+  model = dare.from_config(c)
+  x = jnp.zeros((2, 256, 128, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+  (out, inter) = jax.eval_shape(
+      lambda v: model.apply(v, x, capture_intermediates=True,
+                            mutable=['intermediates']), variables)
+  bb = inter['intermediates']['backbone']
+  assert out['stage1'].shape == (2, 128) and out['fused'].shape == (2, 128)
+  assert bb['__call__'][0][0].shape == (2, 64, 32, 256)
+  assert bb['__call__'][0][1].shape == (2, 32, 16, 512)
+  assert bb['__call__'][0][2].shape == (2, 16, 8, 1024)
+  assert bb['__call__'][0][3].shape == (2, 8, 4, 2048)
+  # torchvision v1.5: the first block of stage 2 keeps 64x32 in its 1x1 conv1
+  # and halves it in the 3x3 conv2 (Caffe / v1 would halve in conv1).
+  blk = bb['layer2_0']
+  assert blk['conv1']['__call__'][0].shape == (2, 64, 32, 128)
+  assert blk['conv2']['__call__'][0].shape == (2, 32, 16, 128)
+
+
+def test_fusion_is_the_weighted_sum_of_the_exits():
+  c = smoke.get_config().model
+  model = dare.from_config(c)
+  x = jax.random.normal(jax.random.key(1), (3, 32, 16, 3))
+  variables = model.init(jax.random.key(0), x)
+  w = np.asarray(variables['params']['fusion'])
+  assert np.all(np.abs(w) <= 0.5) and len(set(w.tolist())) == 4
+  params = flax.core.unfreeze(variables['params'])
+  params['fusion'] = jnp.array([1.5, -2.0, 0.25, 3.0])
+  out = model.apply({**variables, 'params': params}, x)
+  want = (1.5 * out['stage1'] - 2.0 * out['stage2'] + 0.25 * out['stage3'] +
+          3.0 * out['stage4'])
+  np.testing.assert_allclose(out['fused'], want, rtol=1e-5, atol=1e-6)
+  assert set(out) == {'stage1', 'stage2', 'stage3', 'stage4', 'fused'}
+  for e in out.values():
+    assert e.shape == (3, c.embedding_dim) and e.dtype == jnp.float32
+
+
+def test_fusion_init_is_a_config_field():
+  c = smoke.get_config().model
+  c.fusion_init_low, c.fusion_init_high = 0.25, 0.25
+  v = dare.from_config(c).init(jax.random.key(0), jnp.zeros((1, 32, 16, 3)))
+  np.testing.assert_array_equal(v['params']['fusion'], np.full(4, 0.25))
+
+
+def test_train_mode_uses_batch_statistics_and_updates_them():
+  c = smoke.get_config().model
+  model = dare.from_config(c)
+  x = jax.random.normal(jax.random.key(1), (4, 32, 16, 3)) * 3 + 1
+  v = model.init(jax.random.key(0), x)
+  out_train, new = model.apply(v, x, train=True, mutable=['batch_stats'])
+  out_eval = model.apply(v, x, train=False)
+  assert not np.allclose(out_train['stage4'], out_eval['stage4'])
+  old_mean = v['batch_stats']['backbone']['bn1']['mean']
+  new_mean = new['batch_stats']['backbone']['bn1']['mean']
+  assert not np.allclose(old_mean, new_mean)
