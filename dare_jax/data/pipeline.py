@@ -1,0 +1,304 @@
+"""The TensorFlow-free input pipeline: numpy on background threads.
+
+Produces exactly the batches of tf_pipeline (tests/pipeline_test.py checks
+bit-equality): both draw a step's randomness from the same pure functions,
+TrainPlanner below, and crop with the same integer offsets.
+
+  train_batches: {image uint8 [B, H, W, 3], pid int32 [B],
+                  erase float32 [B, 4], step int}, B = P * K.
+  eval_batches:  {views uint8 [batch_size, V, H, W, 3], valid bool
+                  [batch_size]}, V = 10 with TTA else 1; the last batch is
+                  zero-padded (valid False) so every batch has one shape.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+import queue
+import threading
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from dare_jax import errors
+from dare_jax.data import augment
+from dare_jax.data import sampler
+from dare_jax.data.types import Split
+
+_POLL_S = 0.1  # how often a blocked producer checks for close()
+
+
+class TrainPlanner:
+  """step -> the step's indices and augmentation: the one source of truth.
+
+  Returns dict(index int64 [B], crop_yx int32 [B, 2], flip bool [B],
+  erase float32 [B, 4]); a pure function of (seed, step) and the arguments.
+  """
+
+  def __init__(self, pids_N, *, P: int, K: int, seed: int,
+               input_hw: Sequence[int], resize_hw: Sequence[int], hflip: bool,
+               random_erasing: bool, erasing_p: float,
+               erasing_area: Sequence[float], erasing_aspect: float):
+    self.sampler = sampler.PKSampler(pids_N, P, K, seed)
+    self.seed = int(seed)
+    self.input_hw = tuple(int(v) for v in input_hw)
+    self.resize_hw = tuple(int(v) for v in resize_hw)
+    if random_erasing:
+      if not 0 <= erasing_p <= 1:
+        raise ValueError(f'erasing_p={erasing_p} must be in [0, 1].')
+      if not 0 < erasing_area[0] <= erasing_area[1] <= 1:
+        raise ValueError(f'erasing_area={tuple(erasing_area)} must satisfy '
+                         '0 < low <= high <= 1.')
+      if erasing_aspect <= 0:
+        raise ValueError(f'erasing_aspect={erasing_aspect} must be > 0.')
+    self._plan_kwargs = dict(
+        hflip=bool(hflip), random_erasing=bool(random_erasing),
+        erasing_p=float(erasing_p),
+        erasing_area=tuple(float(a) for a in erasing_area),
+        erasing_aspect=float(erasing_aspect))
+    # Fails now, not on the first batch, when the crop does not fit.
+    augment.five_crop_offsets(self.resize_hw, self.input_hw)
+
+  @property
+  def batch_size(self) -> int:
+    return self.sampler.batch_size
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    plan = augment.train_plan(self.seed, step, self.batch_size,
+                              self.resize_hw, self.input_hw,
+                              **self._plan_kwargs)
+    plan['index'] = self.sampler.indices(step)
+    return plan
+
+
+def check_images(split: Split, resize_hw: Sequence[int],
+                 input_hw: Sequence[int], resize_factor: float) -> np.ndarray:
+  """split.images, after checking they are stored at the resize size."""
+  got = tuple(split.images.shape[1:3])
+  if got != tuple(resize_hw):
+    raise errors.DataError(
+        f'The split holds {got[0]}x{got[1]} images, but the pipeline expects '
+        f'them at the resize size {resize_hw[0]}x{resize_hw[1]} (input_size '
+        f'{input_hw[0]}x{input_hw[1]} x resize_factor {resize_factor}). Store '
+        'the images at that size (e.g. regenerate the cached dataset) or set '
+        'data.input_size / data.resize_factor to match them.')
+  return split.images
+
+
+def num_eval_batches(n: int, batch_size: int) -> int:
+  """ceil(n / batch_size): the number of batches eval_batches yields."""
+  return -(-int(n) // int(batch_size))
+
+
+def default_workers() -> int:
+  """Threads preparing batches: numpy copies release the GIL, so a few
+  threads scale, but leave most cores to the training process."""
+  return max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
+# ----------------------------------------------------------------------------
+# Background prefetching.
+
+_END = object()
+
+
+class _Failure:
+
+  def __init__(self, exc: BaseException):
+    self.exc = exc
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+  while not stop.is_set():
+    try:
+      q.put(item, timeout=_POLL_S)
+      return True
+    except queue.Full:
+      pass
+  return False
+
+
+def _fill(source: Iterator, q: queue.Queue, stop: threading.Event) -> None:
+  # Holds no reference to the Prefetcher, so dropping the consumer's last
+  # reference runs Prefetcher.__del__, which stops this thread.
+  try:
+    for item in source:
+      if not _put(q, item, stop):
+        return
+  except BaseException as e:  # pylint: disable=broad-except
+    _put(q, _Failure(e), stop)
+    return
+  finally:
+    if hasattr(source, 'close'):
+      source.close()  # runs the source's cleanup (e.g. its worker pool) now
+  _put(q, _END, stop)
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Iterable, workers: int,
+                window: int) -> Iterator:
+  """fn(item) for each item, in order, computed by `workers` threads.
+
+  At most `window` results are in flight, which bounds the memory.
+  """
+  if workers <= 1:
+    yield from map(fn, items)
+    return
+  pool = concurrent.futures.ThreadPoolExecutor(workers,
+                                               thread_name_prefix='batch')
+  pending = collections.deque()
+  try:
+    for item in items:
+      pending.append(pool.submit(fn, item))
+      if len(pending) >= window:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Prefetcher:
+  """Iterates `source` on a daemon thread, `size` items ahead.
+
+  An exception raised by `source` is re-raised by the consumer's next().
+  close() (or garbage collection, or `with`) stops the thread; being a
+  daemon, it never holds up interpreter exit either. size <= 0 iterates
+  `source` synchronously in the consumer, which eases debugging.
+  """
+
+  def __init__(self, source: Iterator, size: int, name: str = 'prefetch'):
+    self._done = False
+    self._stop = threading.Event()
+    self._source: Optional[Iterator] = None
+    self._queue: Optional[queue.Queue] = None
+    self._thread: Optional[threading.Thread] = None
+    if size <= 0:
+      self._source = source
+      return
+    self._queue = queue.Queue(maxsize=size)
+    self._thread = threading.Thread(
+        target=_fill, args=(source, self._queue, self._stop), name=name,
+        daemon=True)
+    self._thread.start()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._done:
+      raise StopIteration
+    if self._queue is None:
+      try:
+        return next(self._source)
+      except BaseException:
+        self.close()
+        raise
+    item = self._queue.get()
+    if item is _END:
+      self.close()
+      raise StopIteration
+    if isinstance(item, _Failure):
+      self.close()
+      raise item.exc
+    return item
+
+  def close(self) -> None:
+    self._done = True
+    self._stop.set()
+    self._source = None
+    thread, self._thread = self._thread, None
+    if thread is not None and thread is not threading.current_thread():
+      # The producer notices `stop` within _POLL_S unless it is inside a
+      # long item; it is a daemon either way, so do not wait for long.
+      thread.join(timeout=1.0)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+
+# ----------------------------------------------------------------------------
+# The pipelines.
+
+
+def train_batches(split: Split, *, P: int, K: int, seed: int,
+                  start_step: int, num_steps: int, input_hw: Sequence[int],
+                  resize_factor: float, hflip: bool, random_erasing: bool,
+                  erasing_p: float, erasing_area: Sequence[float],
+                  erasing_aspect: float, prefetch: int = 4) -> Prefetcher:
+  """Batches for steps start_step .. num_steps - 1 (see the module doc).
+
+  Everything that can be wrong with the arguments or the split raises here,
+  before the first batch. Images come from split.images (which must already
+  be at the resize size) or are decoded from split.paths once, up front.
+  """
+  resize_hw = augment.resize_size(input_hw, resize_factor)
+  planner = TrainPlanner(
+      split.pids, P=P, K=K, seed=seed, input_hw=input_hw, resize_hw=resize_hw,
+      hflip=hflip, random_erasing=random_erasing, erasing_p=erasing_p,
+      erasing_area=erasing_area, erasing_aspect=erasing_aspect)
+  if split.images is not None:
+    images = check_images(split, resize_hw, input_hw, resize_factor)
+  else:
+    images = augment.load_images(split.paths, resize_hw, what='train images')
+  pids = np.asarray(split.pids)
+  input_hw = tuple(input_hw)
+
+  def batch(step):
+    plan = planner(step)
+    idx = plan['index']
+    return {'image': augment.crop_flip(images, plan['crop_yx'], plan['flip'],
+                                       input_hw, index=idx),
+            'pid': pids[idx].astype(np.int32),
+            'erase': plan['erase'],
+            'step': step}
+
+  workers = default_workers()
+  steps = range(start_step, num_steps)
+  return Prefetcher(ordered_map(batch, steps, workers, workers + 1),
+                    prefetch, name='train_batches')
+
+
+def eval_batches(split: Split, *, input_hw: Sequence[int],
+                 resize_factor: float, batch_size: int, tta: bool = True,
+                 prefetch: int = 2) -> Prefetcher:
+  """Every image of the split once, in order, as padded batches of views.
+
+  Paths are decoded batch by batch (a gallery can be several GB at 288x144).
+  """
+  if batch_size < 1:
+    raise ValueError(f'batch_size={batch_size} must be >= 1.')
+  resize_hw = augment.resize_size(input_hw, resize_factor)
+  augment.five_crop_offsets(resize_hw, input_hw)  # the crop must fit
+  input_hw = tuple(input_hw)
+  if split.images is not None:
+    images = check_images(split, resize_hw, input_hw, resize_factor)
+    load: Callable[[int, int], np.ndarray] = lambda lo, hi: images[lo:hi]
+  else:
+    paths = list(split.paths)
+    load = lambda lo, hi: augment.load_images(paths[lo:hi], resize_hw)
+  views_fn, v = (augment.ten_crop, 10) if tta else (augment.center_crop, 1)
+  n = len(split)
+
+  def batch(lo):
+    hi = min(n, lo + batch_size)
+    views = np.empty((batch_size, v) + input_hw + (3,), np.uint8)
+    views_fn(load(lo, hi), input_hw, out=views[:hi - lo])
+    # Zero padding, so every batch has one shape (one compilation).
+    views[hi - lo:] = 0
+    return {'views': views, 'valid': np.arange(batch_size) < hi - lo}
+
+  workers = default_workers()
+  starts = range(0, n, batch_size)
+  return Prefetcher(ordered_map(batch, starts, workers, workers + 1),
+                    prefetch, name='eval_batches')
