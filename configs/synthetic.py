@@ -18,10 +18,10 @@ def get_config():
   c.model.stage_sizes = (1, 1, 1, 1)
   c.model.width = 16
   # The paper's schedule shape (decay over the second half), shortened.
-  c.train.num_steps = 1500
-  c.optim.t0 = 750
-  c.optim.t1 = 1500
-  c.train.checkpoint_every = 250
+  c.train.num_steps = 4000
+  c.optim.t0 = 2000
+  c.optim.t1 = 4000
+  c.train.checkpoint_every = 500
   c.train.log_every = 50
   c.eval.batch_size = 64
   return c

@@ -1,0 +1,81 @@
+"""Orbax checkpoints of the train state, with a model fingerprint.
+
+A checkpoint holds two items: 'state' (step, params, batch_stats, opt_state)
+and 'meta' (JSON: the model config it was trained with and the last step's
+per-exit losses). Restoring into a workdir trained with another model fails
+with the fields that differ instead of an opaque shape error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+from dare_jax.errors import CheckpointError
+
+# Fields of config.model that do not change the parameter tree.
+_NOT_ARCHITECTURE = ('pretrained', 'dtype', 'fusion_init_low',
+                     'fusion_init_high', 'bn_momentum')
+
+
+def model_fingerprint(model_cfg) -> dict:
+  d = json.loads(model_cfg.to_json())
+  return {k: v for k, v in sorted(d.items()) if k not in _NOT_ARCHITECTURE}
+
+
+class WrongModelError(CheckpointError):
+  pass
+
+
+def manager(workdir: str, checkpoint_every: int, keep: int,
+            read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=checkpoint_every, max_to_keep=keep,
+      create=not read_only, read_only=read_only, cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
+      item_names=('state', 'meta'))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict,
+         force: bool = False) -> bool:
+  return mngr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                   force=force)
+
+
+def check_fingerprint(meta: dict, model_cfg, where: str) -> None:
+  saved, now = meta.get('model', {}), model_fingerprint(model_cfg)
+  if saved != now:
+    diff = sorted(k for k in set(saved) | set(now)
+                  if saved.get(k) != now.get(k))
+    lines = [f'  model.{k}: checkpoint {saved.get(k)!r}, config {now.get(k)!r}'
+             for k in diff]
+    raise WrongModelError(
+        f'{where} holds a checkpoint of a different model:\n' +
+        '\n'.join(lines) + '\nUse a fresh --workdir, or the config the '
+        'checkpoint was trained with.')
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
+                   model_cfg, where: str) -> Optional[tuple[Any, dict]]:
+  """(state, meta) of the latest checkpoint, or None when there is none."""
+  step = mngr.latest_step()
+  if step is None:
+    return None
+  meta = mngr.restore(step, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore()))['meta']
+  check_fingerprint(meta, model_cfg, where)
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state)))
+  return restored['state'], meta
+
+
+def abstract_like(tree, sharding=None):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=sharding or x.sharding), tree)

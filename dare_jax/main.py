@@ -1,0 +1,58 @@
+r"""DaRe in JAX: train, evaluate or export features.
+
+  python -m dare_jax.main --config=configs/synthetic.py --workdir=runs/synth
+  python -m dare_jax.main --config=configs/synthetic.py --workdir=runs/synth \
+      --mode=eval
+  python -m dare_jax.main --config=configs/market.py \
+      --config.data.root=/data/Market-1501-v15.09.15 --workdir=runs/market
+
+Fields override with --config.FIELD=VALUE, e.g. --config.train.num_steps=100.
+"""
+
+import logging as pylogging
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from dare_jax import errors
+from dare_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results go here.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'export'],
+                  'train: train (resuming from the latest checkpoint in '
+                  'workdir), then evaluate. eval: evaluate the latest '
+                  'checkpoint. export: write workdir/features.npz.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _quiet_orbax(record) -> bool:
+  """Orbax narrates every save at INFO; keep its warnings and errors only."""
+  return (record.levelno >= pylogging.WARNING or
+          'orbax' not in record.pathname)
+
+
+def main(argv):
+  logging.get_absl_handler().addFilter(_quiet_orbax)
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  config = FLAGS.config
+  run = {'train': train.train_and_evaluate,
+         'eval': train.evaluate_checkpoint,
+         'export': train.export_features}[FLAGS.mode]
+  try:
+    run(config, FLAGS.workdir)
+  except errors.UserError as e:
+    logging.error('%s', e)
+    raise SystemExit(f'error: {e}') from None
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,74 @@
+"""Progress you can see: a log line with ETA, TensorBoard, and a JSONL log.
+
+Only process 0 writes. TensorBoard events are written with tensorboardX, so
+nothing outside dare_jax/data imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import logging
+import jax
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+class Reporter:
+  """Call log(step, metrics) with host floats; close() at the end."""
+
+  def __init__(self, workdir: str, start_step: int, num_steps: int,
+               batch_size: int):
+    self._start, self._num_steps, self._batch = start_step, num_steps, batch_size
+    self._main = jax.process_index() == 0
+    self._t_first = None  # after the first logged step: excludes compilation
+    self._step_first = start_step
+    self._tb = self._jsonl = None
+    if self._main:
+      try:
+        import tensorboardX  # pylint: disable=g-import-not-at-top
+        self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tb'))
+      except ImportError:
+        logging.warning('tensorboardX is not installed: no TensorBoard logs.')
+      self._jsonl = open(os.path.join(workdir, 'train_log.jsonl'), 'a')
+
+  def log(self, step: int, metrics: dict) -> None:
+    if not self._main:
+      return
+    now = time.time()
+    if self._t_first is None:
+      self._t_first, self._step_first = now, step
+      rate, eta = float('nan'), ''
+    else:
+      steps_per_s = (step - self._step_first) / max(now - self._t_first, 1e-9)
+      rate = steps_per_s * self._batch
+      eta = ' ETA ' + _duration((self._num_steps - step) / max(steps_per_s,
+                                                               1e-9))
+    metrics = {k: float(v) for k, v in metrics.items()}
+    exits = ' '.join(f'{k[len("loss_"):]} {v:.3f}' for k, v in metrics.items()
+                     if k.startswith('loss_'))
+    logging.info('step %d/%d (%.1f%%) loss %.4f [%s] lr %.2e %.0f img/s%s',
+                 step, self._num_steps, 100.0 * step / self._num_steps,
+                 metrics['loss'], exits, metrics['lr'], rate, eta)
+    record = dict(metrics, step=step, images_per_s=rate, time=now)
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in metrics.items():
+        self._tb.add_scalar(f'train/{k}', v, step)
+      if rate == rate:
+        self._tb.add_scalar('train/images_per_s', rate, step)
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
