@@ -29,6 +29,7 @@ from dare_jax import configlib
 from dare_jax import errors
 from dare_jax import losses
 from dare_jax import optim
+from dare_jax import plots
 from dare_jax import reporting
 from dare_jax.data import augment
 from dare_jax.data import datasets
@@ -257,6 +258,9 @@ def run_evaluation(setup: Setup, state, train_loss) -> dict:
   if jax.process_index() == 0:
     write_json(os.path.join(setup.workdir, 'metrics.json'), results)
     write_features(os.path.join(setup.workdir, 'features.npz'), feats)
+    logging.info('Wrote metrics.json, features.npz and %s',
+                 ', '.join(os.path.basename(p) for p in
+                           plots.write_run_figures(setup.workdir, results)))
   for name in dare.EMBEDDINGS:
     r = results[name]
     logging.info('%-7s rank1 %.4f rank5 %.4f rank10 %.4f mAP %.4f (%d queries)',

@@ -1,0 +1,83 @@
+"""Figures written next to metrics.json (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+EMBEDDINGS = ('stage1', 'stage2', 'stage3', 'stage4', 'fused')
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def read_train_log(path: str) -> list[dict]:
+  """The records of train_log.jsonl; a resumed run's repeats keep the last."""
+  by_step = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        rec = json.loads(line)
+        by_step[rec['step']] = rec
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def training_curves(records: list[dict], out_png: str) -> None:
+  """Loss of every exit against the step, the learning rate beside it."""
+  plt = _pyplot()
+  fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(11, 4))
+  steps = [r['step'] for r in records]
+  for name in EMBEDDINGS:
+    key = f'loss_{name}'
+    if records and key in records[0]:
+      ax.plot(steps, [r[key] for r in records], label=name, lw=1.2)
+  ax.set(xlabel='step', ylabel='batch-hard soft-margin loss', yscale='log',
+         title='training loss per exit')
+  ax.legend()
+  ax.grid(alpha=0.3)
+  ax_lr.plot(steps, [r['lr'] for r in records], color='k')
+  ax_lr.set(xlabel='step', ylabel='learning rate', yscale='log',
+            title='learning rate')
+  ax_lr.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=110)
+  plt.close(fig)
+
+
+def exit_accuracy(metrics: Mapping[str, Mapping[str, float]],
+                  out_png: str) -> None:
+  """Rank-1 and mAP of every exit and the fusion, as grouped bars."""
+  plt = _pyplot()
+  names = [n for n in EMBEDDINGS if n in metrics]
+  fig, ax = plt.subplots(figsize=(7, 4))
+  width = 0.38
+  for i, (key, label) in enumerate((('rank1', 'Rank-1'), ('mAP', 'mAP'))):
+    vals = [100 * metrics[n][key] for n in names]
+    xs = [j + (i - 0.5) * width for j in range(len(names))]
+    bars = ax.bar(xs, vals, width, label=label)
+    ax.bar_label(bars, fmt='%.1f', fontsize=8)
+  ax.set_xticks(range(len(names)), names)
+  ax.set(ylabel='%', ylim=(0, 105), title='accuracy per exit')
+  ax.legend(loc='lower right')
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=110)
+  plt.close(fig)
+
+
+def write_run_figures(workdir: str, metrics) -> list[str]:
+  """training.png (if there is a train log) and exits.png in workdir."""
+  written = []
+  log = os.path.join(workdir, 'train_log.jsonl')
+  if os.path.exists(log):
+    records = read_train_log(log)
+    if records:
+      written.append(os.path.join(workdir, 'training.png'))
+      training_curves(records, written[-1])
+  written.append(os.path.join(workdir, 'exits.png'))
+  exit_accuracy(metrics, written[-1])
+  return written
