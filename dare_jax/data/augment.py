@@ -37,8 +37,9 @@ def resize_size(input_hw: Sequence[int], factor: float) -> tuple[int, int]:
 
 def _check_crop(resize_hw, input_hw) -> None:
   if input_hw[0] > resize_hw[0] or input_hw[1] > resize_hw[1]:
-    raise ValueError(f'The crop {tuple(input_hw)} is larger than the resized '
-                     f'image {tuple(resize_hw)}; use resize_factor >= 1.')
+    raise errors.ConfigError(
+        f'The crop data.input_size={tuple(input_hw)} is larger than the '
+        f'resized image {tuple(resize_hw)}; use data.resize_factor >= 1.')
 
 
 def train_plan(seed: int, step: int, batch_size: int,

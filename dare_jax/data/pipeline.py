@@ -47,12 +47,15 @@ class TrainPlanner:
     self.resize_hw = tuple(int(v) for v in resize_hw)
     if random_erasing:
       if not 0 <= erasing_p <= 1:
-        raise ValueError(f'erasing_p={erasing_p} must be in [0, 1].')
+        raise errors.ConfigError(
+            f'data.erasing_p={erasing_p} must be in [0, 1].')
       if not 0 < erasing_area[0] <= erasing_area[1] <= 1:
-        raise ValueError(f'erasing_area={tuple(erasing_area)} must satisfy '
-                         '0 < low <= high <= 1.')
+        raise errors.ConfigError(
+            f'data.erasing_area={tuple(erasing_area)} must satisfy '
+            '0 < low <= high <= 1.')
       if erasing_aspect <= 0:
-        raise ValueError(f'erasing_aspect={erasing_aspect} must be > 0.')
+        raise errors.ConfigError(
+            f'data.erasing_aspect={erasing_aspect} must be > 0.')
     self._plan_kwargs = dict(
         hflip=bool(hflip), random_erasing=bool(random_erasing),
         erasing_p=float(erasing_p),

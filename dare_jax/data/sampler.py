@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dare_jax import errors
+
 # Separates this module's random stream from the augmentation plan's, which
 # is keyed by the same (seed, step).
 _STREAM = 0x504B53  # 'PKS'
@@ -48,7 +50,7 @@ class PKSampler:
     people = np.flatnonzero(pids_N >= 1)
     ids, inverse = np.unique(pids_N[people], return_inverse=True)
     if len(ids) < P:
-      raise ValueError(
+      raise errors.DataError(
           f'P={P} identities per batch, but the split has only {len(ids)} '
           'identities with pid >= 1; lower train.P or use more data.')
     # Stable sort keeps each identity's images in file order, so the lists
