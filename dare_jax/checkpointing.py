@@ -75,7 +75,8 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
   return restored['state'], meta
 
 
-def abstract_like(tree, sharding=None):
+def abstract_like(tree, sharding):
+  """The restore target: tree's shapes and dtypes, placed with `sharding`."""
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                     sharding=sharding or x.sharding), tree)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      tree)

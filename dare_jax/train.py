@@ -58,8 +58,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def init_state(config, model, tx, mesh: Mesh) -> TrainState:
-  """Fresh parameters (eval-mode init: no cross-device BatchNorm needed)."""
+def _init_fn(config, model, tx, mesh: Mesh) -> Callable[[], TrainState]:
+  """A jitted () -> fresh TrainState (eval-mode init: no cross-device BN)."""
   h, w = config.data.input_size
 
   # The non-partitionable threefry lowering compiles ~3x faster on CPU (the
@@ -74,7 +74,12 @@ def init_state(config, model, tx, mesh: Mesh) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables['batch_stats'],
                       opt_state=tx.init(params))
-  return init()
+  return init
+
+
+def init_state(config, model, tx, mesh: Mesh) -> TrainState:
+  """Fresh parameters, replicated over the mesh."""
+  return _init_fn(config, model, tx, mesh)()
 
 
 def make_train_step(config, model, tx, mesh: Mesh) -> Callable:
@@ -176,7 +181,7 @@ def embed_dataset(config, model, variables, dataset, mesh: Mesh) -> dict:
     split = getattr(dataset, what)
     batches = pipe.eval_batches(split, batch_size=e.batch_size, tta=e.tta,
                                 **_pipeline_kwargs(config))
-    n_batches = -(-len(split) // e.batch_size)
+    n_batches = pipe.num_eval_batches(len(split), e.batch_size)
     for k, v in embed_lib.embed_batches(embed_fn, variables, batches,
                                         n_batches, what).items():
       feats[f'{what}_{k}'] = v
@@ -221,7 +226,7 @@ class Setup:
     for what in ('train', 'query', 'gallery'):
       if not len(getattr(self.dataset, what)):
         raise errors.DataError(f'The {what} split of dataset '
-                         f'{self.dataset.name!r} is empty.')
+                               f'{self.dataset.name!r} is empty.')
     os.makedirs(workdir, exist_ok=True)
 
   def checkpoint_manager(self, read_only=False):
@@ -229,13 +234,21 @@ class Setup:
     return checkpointing.manager(self.workdir, t.checkpoint_every,
                                  t.keep_checkpoints, read_only=read_only)
 
+  def restore_latest(self, mngr):
+    """(state, meta) of the latest checkpoint in workdir, or None.
+
+    The target tree comes from eval_shape: nothing is initialised for it.
+    """
+    abstract = jax.eval_shape(_init_fn(self.config, self.model, self.tx,
+                                       self.mesh))
+    return checkpointing.restore_latest(
+        mngr, checkpointing.abstract_like(abstract, replicated(self.mesh)),
+        self.config.model, self.workdir)
+
   def restore_or_init(self, mngr):
     """Resume order: the latest checkpoint in workdir > model.pretrained
     (backbone only, with the weight-import issue) > fresh initialisation."""
-    state = init_state(self.config, self.model, self.tx, self.mesh)
-    restored = checkpointing.restore_latest(
-        mngr, checkpointing.abstract_like(state), self.config.model,
-        self.workdir)
+    restored = self.restore_latest(mngr)
     if restored is not None:
       logging.info('Resuming from %s at step %d.', mngr.directory,
                    int(restored[0].step))
@@ -244,7 +257,7 @@ class Setup:
       raise errors.ConfigError(
           'model.pretrained: weight import comes with the weight-import '
           'issue; leave it empty for now.')
-    return state, {}
+    return init_state(self.config, self.model, self.tx, self.mesh), {}
 
   def variables(self, state):
     return {'params': state.params, 'batch_stats': state.batch_stats}
@@ -310,9 +323,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _restore_for_eval(config, workdir: str):
   setup = Setup(config, workdir)
   mngr = setup.checkpoint_manager(read_only=True)
-  state = init_state(config, setup.model, setup.tx, setup.mesh)
-  restored = checkpointing.restore_latest(
-      mngr, checkpointing.abstract_like(state), config.model, workdir)
+  restored = setup.restore_latest(mngr)
   mngr.close()
   if restored is None:
     raise errors.CheckpointError(
