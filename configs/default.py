@@ -57,8 +57,24 @@ def get_config():
 
   # --- data.
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = 'market'
-  c.data.root = ''
+  c.data.dataset = 'market'  # market, duke, cuhk03_labeled, cuhk03_detected,
+  #                            mars, cuhk01, folder, synthetic
+  c.data.root = ''  # the extracted official archive (TFDS: its manual_dir)
+  # 'folder': read data.root directly; 'tfds': through the TFDS builder of
+  # dare_jax/data/tfds_builders.py (same reader, prepared once into
+  # data.tfds_data_dir).
+  c.data.source = 'folder'
+  c.data.tfds_data_dir = ''  # '' = TFDS's default (~/tensorflow_datasets)
+  # data.dataset == 'folder': a CSV manifest (path, person, camera[, split]);
+  # '' = Market-1501 file names in data.root/{bounding_box_train,query,
+  # bounding_box_test}.
+  c.data.manifest = ''
+  c.data.split_seed = 0  # CUHK01: which 485 / 486 identities train / test
+  c.data.cuhk01_num_test_ids = 486
+  # An image that cannot be decoded: 'error' stops naming the file; 'skip'
+  # checks every image once when the dataset is read, drops the bad ones
+  # and reports their count and names.
+  c.data.bad_images = 'error'
   c.data.input_size = (256, 128)  # (H, W) fed to the network
   c.data.resize_factor = 1.125  # resize to 288x144, then crop 256x128
   c.data.hflip = True
@@ -83,7 +99,17 @@ def get_config():
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 32  # images per batch; each is 10 views with TTA
   c.eval.tta = True  # 5 crops + flips (10 views) averaged
-  c.eval.metric = 'euclidean'
-  c.eval.ap = 'market'
+  c.eval.metric = 'euclidean'  # euclidean (the paper), sqeuclidean, cosine
+  c.eval.normalize = False  # L2-normalise the embeddings first
+  c.eval.ap = 'market'  # market (official, trapezoidal) or standard
   c.eval.ranks = (1, 5, 10)
+  # k-reciprocal re-ranking (Zhong et al., CVPR 2017), reported beside the
+  # plain ranking when on.
+  c.eval.rerank = False
+  c.eval.k1 = 20
+  c.eval.k2 = 6
+  c.eval.lambda_value = 0.3
+  # Video (MARS): frames embedded per tracklet, evenly spaced; 0 = all (the
+  # paper's mean pooling over the whole tracklet).
+  c.eval.max_tracklet_frames = 0
   return c

@@ -20,11 +20,18 @@ class Split:
   Exactly one of `images` and `paths` is set:
     images: uint8 [N, H, W, 3], already at the pipeline's resize size.
     paths: N image files, decoded and resized by the pipeline.
+
+  Video datasets (MARS) list frames: `tracklets` then maps each frame to its
+  tracklet, numbered 0..T-1 in order of first appearance, each tracklet's
+  frames contiguous and sharing one pid and camid. The evaluation embeds the
+  frames and mean-pools them per tracklet, so query and gallery items are
+  tracklets, in that order.
   """
   pids: np.ndarray  # int64 [N]
   camids: np.ndarray  # int64 [N]
   images: Optional[np.ndarray] = None  # uint8 [N, H, W, 3]
   paths: Optional[Sequence[str]] = None
+  tracklets: Optional[np.ndarray] = None  # int64 [N], frame -> tracklet
 
   def __post_init__(self):
     n = len(self.pids)
@@ -40,6 +47,36 @@ class Split:
             f'{self.images.dtype} {self.images.shape}.')
     if self.paths is not None and len(self.paths) != n:
       raise ValueError(f'Split has {n} pids but {len(self.paths)} paths.')
+    if self.tracklets is not None:
+      t = np.asarray(self.tracklets)
+      if t.shape != (n,):
+        raise ValueError(f'Split has {n} frames but tracklets of shape '
+                         f'{t.shape}.')
+      if n and (t[0] != 0 or np.any(np.diff(t) < 0) or
+                np.any(np.diff(t) > 1)):
+        raise ValueError('Split.tracklets must number the tracklets 0..T-1 '
+                         'with each tracklet\'s frames contiguous.')
+      if n:
+        starts = np.flatnonzero(np.r_[True, np.diff(t) != 0])
+        for ids in (np.asarray(self.pids), np.asarray(self.camids)):
+          if np.any(ids != np.repeat(ids[starts], np.diff(np.r_[starts, n]))):
+            raise ValueError('The frames of a tracklet must share one pid '
+                             'and one camid.')
+
+  @property
+  def num_items(self) -> int:
+    """Evaluation items: tracklets for video data, else images."""
+    if self.tracklets is None:
+      return len(self)
+    return int(self.tracklets[-1]) + 1 if len(self) else 0
+
+  def item_ids(self) -> tuple[np.ndarray, np.ndarray]:
+    """(pids, camids) int64 [num_items]: per tracklet for video data."""
+    pids, camids = np.asarray(self.pids), np.asarray(self.camids)
+    if self.tracklets is None:
+      return pids.astype(np.int64), camids.astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, np.diff(self.tracklets) != 0])
+    return (pids[starts].astype(np.int64), camids[starts].astype(np.int64))
 
   def __len__(self) -> int:
     return len(self.pids)
