@@ -86,6 +86,9 @@ def get_config():
   c.data.std = (0.229, 0.224, 0.225)
   c.data.pipeline = 'tf'  # 'tf' (tf.data) or 'numpy' (TensorFlow-free)
   c.data.prefetch = 4  # batches prepared ahead of the device
+  # numpy pipeline: train images are decoded once into memory when they fit
+  # in this many GB at the resize size, else decoded batch by batch.
+  c.data.cache_limit_gb = 16.0
   c.data.cache_dir = ''  # '' = ~/.cache/dare_jax
   # Synthetic dataset (data.dataset == 'synthetic').
   c.data.synthetic = ml_collections.ConfigDict()

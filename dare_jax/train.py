@@ -35,7 +35,7 @@ from dare_jax.data import augment
 from dare_jax.data import datasets
 from dare_jax.data import device_ops
 from dare_jax.evaluation import embed as embed_lib
-from dare_jax.evaluation import metrics as metrics_lib
+from dare_jax.evaluation import features as features_lib
 from dare_jax.models import dare
 
 AXIS = 'data'
@@ -167,11 +167,16 @@ def train_batches(config, split, start_step: int):
       num_steps=t.num_steps, hflip=d.hflip, random_erasing=d.random_erasing,
       erasing_p=d.erasing_p, erasing_area=tuple(d.erasing_area),
       erasing_aspect=d.erasing_aspect, prefetch=d.prefetch,
+      cache_limit_bytes=int(d.cache_limit_gb * 1e9),
       **_pipeline_kwargs(config))
 
 
 def embed_dataset(config, model, variables, dataset, mesh: Mesh) -> dict:
-  """Query and gallery embeddings with TTA, in the features.npz schema."""
+  """Query and gallery embeddings with TTA, in the features.npz schema.
+
+  Video splits (MARS) are embedded frame by frame (at most
+  eval.max_tracklet_frames per tracklet) and mean-pooled per tracklet.
+  """
   e = config.eval
   pipe = datasets.pipeline_module(config.data.pipeline)
   embed_fn = embed_lib.make_embed_fn(model, config.data.mean, config.data.std,
@@ -179,24 +184,29 @@ def embed_dataset(config, model, variables, dataset, mesh: Mesh) -> dict:
   feats = {}
   for what in ('query', 'gallery'):
     split = getattr(dataset, what)
-    batches = pipe.eval_batches(split, batch_size=e.batch_size, tta=e.tta,
+    frames = split
+    if split.tracklets is not None:
+      frames = split.take(embed_lib.select_tracklet_frames(
+          split.tracklets, e.max_tracklet_frames))
+      logging.info('%s: %d tracklets, embedding %d of their %d frames.',
+                   what, split.num_items, len(frames), len(split))
+    batches = pipe.eval_batches(frames, batch_size=e.batch_size, tta=e.tta,
                                 **_pipeline_kwargs(config))
-    n_batches = pipe.num_eval_batches(len(split), e.batch_size)
+    n_batches = pipe.num_eval_batches(len(frames), e.batch_size)
     for k, v in embed_lib.embed_batches(embed_fn, variables, batches,
                                         n_batches, what).items():
+      if frames.tracklets is not None:
+        v = embed_lib.pool_tracklets(v, frames.tracklets)
       feats[f'{what}_{k}'] = v
-    feats[f'{what}_pids'] = np.asarray(split.pids, np.int64)
-    feats[f'{what}_camids'] = np.asarray(split.camids, np.int64)
+    feats[f'{what}_pids'], feats[f'{what}_camids'] = split.item_ids()
   return feats
 
 
 def score_features(feats, eval_cfg) -> dict:
-  """{embedding name: {rank1, rank5, rank10, mAP, num_valid_queries}}."""
-  return {name: metrics_lib.evaluate_features(
-      feats[f'query_{name}'], feats[f'gallery_{name}'], feats['query_pids'],
-      feats['query_camids'], feats['gallery_pids'], feats['gallery_camids'],
-      metric=eval_cfg.metric, ranks=tuple(eval_cfg.ranks), ap=eval_cfg.ap)
-          for name in dare.EMBEDDINGS}
+  """{embedding name: {rank1, rank5, rank10, mAP, num_valid_queries, ...}},
+  plus {'rerank': {...}} when eval.rerank is on."""
+  return features_lib.evaluate_with_config(feats, eval_cfg,
+                                           names=dare.EMBEDDINGS)
 
 
 def write_json(path: str, obj) -> None:
@@ -274,11 +284,6 @@ def run_evaluation(setup: Setup, state, train_loss) -> dict:
     logging.info('Wrote metrics.json, features.npz and %s',
                  ', '.join(os.path.basename(p) for p in
                            plots.write_run_figures(setup.workdir, results)))
-  for name in dare.EMBEDDINGS:
-    r = results[name]
-    logging.info('%-7s rank1 %.4f rank5 %.4f rank10 %.4f mAP %.4f (%d queries)',
-                 name, r['rank1'], r['rank5'], r['rank10'], r['mAP'],
-                 r['num_valid_queries'])
   return results
 
 

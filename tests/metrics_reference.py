@@ -4,7 +4,8 @@ Deliberately simple and loop-based, written from the protocol's definition
 rather than from dare_jax.evaluation.metrics (which it must not import), so
 that the two can check each other:
   * per query, rank the gallery with a stable argsort of the distances;
-  * remove junk (pid -1) and the query's own camera (same pid and camid);
+  * remove junk (pid -1) and the query's own camera (same pid and camid;
+    camid -1 is unknown and never the same camera);
   * good = same pid, different camid; distractors (pid 0) stay as negatives;
   * queries with no good image are left out of every average.
 """
@@ -52,6 +53,13 @@ def _average_precision(hit_ranks: Sequence[int], ap: str) -> float:
   return total
 
 
+def _same_camera(a, b) -> bool:
+  """Camera -1 is unknown: it is never the same camera as anything."""
+  if a == -1 or b == -1:
+    return False
+  return a == b
+
+
 def evaluate_per_query(dist_QxG, q_pids, q_camids, g_pids, g_camids, *,
                        ap: str = 'market') -> dict:
   """Per-query results, one query at a time.
@@ -72,11 +80,12 @@ def evaluate_per_query(dist_QxG, q_pids, q_camids, g_pids, g_camids, *,
     for j in order:
       if g_pids[j] == -1:
         continue
-      if g_pids[j] == q_pids[i] and g_camids[j] == q_camids[i]:
+      if g_pids[j] == q_pids[i] and _same_camera(g_camids[j], q_camids[i]):
         continue
       remaining.append(j)
     hit_ranks = [r for r, j in enumerate(remaining, start=1)
-                 if g_pids[j] == q_pids[i] and g_camids[j] != q_camids[i]]
+                 if g_pids[j] == q_pids[i] and
+                 not _same_camera(g_camids[j], q_camids[i])]
     num_good[i] = len(hit_ranks)
     if hit_ranks:
       first[i] = hit_ranks[0] - 1

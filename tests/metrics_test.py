@@ -331,3 +331,40 @@ def test_bad_ranking_inputs():
     metrics.evaluate_features(q, g, *args[1:], ap='x')
   with pytest.raises(ValueError, match='Unknown metric'):
     metrics.evaluate_features(q, g, *args[1:], metric='x')
+
+
+# ----------------------------------------------------------------------------
+# Unknown cameras (camid -1): nothing is removed for sharing the camera.
+
+
+def test_unknown_cameras_by_hand(sort_path):
+  del sort_path
+  # Gallery: 0 (pid 1, cam ?), 1 (pid 2, cam ?), 2 (junk), 3 (pid 1, cam 0).
+  g_pids, g_cams = np.array([1, 2, -1, 1]), np.array([-1, -1, -1, 0])
+  dist = np.array([[0.1, 0.2, 0.05, 0.3],   # q0: pid 1, cam unknown
+                   [0.3, 0.2, 0.05, 0.1]],  # q1: pid 1, cam 0
+                  np.float32)
+  q_pids, q_cams = np.array([1, 1]), np.array([-1, 0])
+  got = metrics.evaluate_per_query(dist, q_pids, q_cams, g_pids, g_cams,
+                                   ap='standard')
+  # q0: junk removed; goods 0 (r=1) and 3 (r=3): AP = (1 + 2/3) / 2.
+  # q1: gallery 3 shares the known camera 0 -> removed; good 0 at r=2.
+  np.testing.assert_array_equal(got['num_good'], [2, 1])
+  np.testing.assert_array_equal(got['first_hit_rank'], [0, 1])
+  np.testing.assert_allclose(got['ap'], [(1 + 2 / 3) / 2, 1 / 2], atol=1e-6)
+
+
+@pytest.mark.parametrize('seed', [5, 6])
+def test_unknown_cameras_match_reference(seed, sort_path):
+  del sort_path
+  q, g, q_pids, q_cams, g_pids, g_cams = _random_problem(seed, 29, 150)
+  rng = np.random.default_rng(seed)
+  q_cams = np.where(rng.random(len(q_cams)) < 0.3, -1, q_cams)
+  g_cams = np.where(rng.random(len(g_cams)) < 0.3, -1, g_cams)
+  dist = np.asarray(metrics.pairwise_distances(q, g))
+  for ap in ('market', 'standard'):
+    expected = ref.evaluate_per_query(dist, q_pids, q_cams, g_pids, g_cams,
+                                      ap=ap)
+    got = metrics.evaluate_per_query(dist, q_pids, q_cams, g_pids, g_cams,
+                                     ap=ap, query_chunk=7)
+    _assert_per_query_equal(got, expected)

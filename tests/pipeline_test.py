@@ -128,6 +128,17 @@ def test_train_from_paths_at_resize_size_is_exact(pipe, tmp_path):
                        train_list(pipeline, split, 0, 3))
 
 
+@pytest.mark.parametrize('limit', [0, 10**9], ids=['per_batch', 'cached'])
+def test_train_decoded_per_batch_equals_cached(tmp_path, limit):
+  # Over the cache limit the numpy pipeline decodes each batch's files
+  # (MARS-size training sets); the batches must not change.
+  split = make_split()
+  from_files = paths_split(split, tmp_path)
+  assert_batches_equal(
+      train_list(pipeline, from_files, 0, 4, cache_limit_bytes=limit),
+      train_list(pipeline, split, 0, 4))
+
+
 @by_pipeline
 def test_train_from_paths_needing_resize(pipe, tmp_path):
   split = make_split()

@@ -20,6 +20,7 @@ import queue
 import threading
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
+from absl import logging
 import numpy as np
 
 from dare_jax import errors
@@ -238,30 +239,50 @@ def train_batches(split: Split, *, P: int, K: int, seed: int,
                   start_step: int, num_steps: int, input_hw: Sequence[int],
                   resize_factor: float, hflip: bool, random_erasing: bool,
                   erasing_p: float, erasing_area: Sequence[float],
-                  erasing_aspect: float, prefetch: int = 4) -> Prefetcher:
+                  erasing_aspect: float, prefetch: int = 4,
+                  cache_limit_bytes: Optional[int] = None) -> Prefetcher:
   """Batches for steps start_step .. num_steps - 1 (see the module doc).
 
   Everything that can be wrong with the arguments or the split raises here,
   before the first batch. Images come from split.images (which must already
-  be at the resize size) or are decoded from split.paths once, up front.
+  be at the resize size) or are decoded from split.paths: once, up front,
+  when they fit in `cache_limit_bytes` at the resize size (None: always),
+  else batch by batch (MARS has about half a million training frames).
   """
   resize_hw = augment.resize_size(input_hw, resize_factor)
   planner = TrainPlanner(
       split.pids, P=P, K=K, seed=seed, input_hw=input_hw, resize_hw=resize_hw,
       hflip=hflip, random_erasing=random_erasing, erasing_p=erasing_p,
       erasing_area=erasing_area, erasing_aspect=erasing_aspect)
+  decoded_bytes = len(split) * resize_hw[0] * resize_hw[1] * 3
+  lazy = split.images is None and (cache_limit_bytes is not None and
+                                   decoded_bytes > cache_limit_bytes)
   if split.images is not None:
     images = check_images(split, resize_hw, input_hw, resize_factor)
-  else:
+  elif not lazy:
     images = augment.load_images(split.paths, resize_hw, what='train images')
+  else:
+    logging.info('Train images (%.1f GB decoded) exceed the cache limit '
+                 '(%.1f GB): decoding them batch by batch.',
+                 decoded_bytes / 1e9, cache_limit_bytes / 1e9)
+    paths = list(split.paths)
   pids = np.asarray(split.pids)
   input_hw = tuple(input_hw)
+
+  def source(idx):
+    """(images to crop from, index into them) for the batch's indices."""
+    if not lazy:
+      return images, idx
+    unique, inverse = np.unique(idx, return_inverse=True)
+    return augment.load_images([paths[i] for i in unique], resize_hw,
+                               num_threads=2), inverse
 
   def batch(step):
     plan = planner(step)
     idx = plan['index']
-    return {'image': augment.crop_flip(images, plan['crop_yx'], plan['flip'],
-                                       input_hw, index=idx),
+    src, src_idx = source(idx)
+    return {'image': augment.crop_flip(src, plan['crop_yx'], plan['flip'],
+                                       input_hw, index=src_idx),
             'pid': pids[idx].astype(np.int32),
             'erase': plan['erase'],
             'step': step}

@@ -170,9 +170,12 @@ def train_batches(split: Split, *, P: int, K: int, seed: int,
                   start_step: int, num_steps: int, input_hw: Sequence[int],
                   resize_factor: float, hflip: bool, random_erasing: bool,
                   erasing_p: float, erasing_area: Sequence[float],
-                  erasing_aspect: float,
-                  prefetch: int = 4) -> _NumpyIterator:
+                  erasing_aspect: float, prefetch: int = 4,
+                  cache_limit_bytes: Optional[int] = None) -> _NumpyIterator:
   """pipeline.train_batches with tf.data; the same batches.
+
+  `cache_limit_bytes` is accepted for the numpy pipeline's signature: here
+  paths are always decoded per batch.
 
   `prefetch` batches are buffered (tf.data.AUTOTUNE when <= 0). Paths are
   decoded inside the graph, for every batch (no cache: a real training set

@@ -63,6 +63,22 @@ class Split:
             raise ValueError('The frames of a tracklet must share one pid '
                              'and one camid.')
 
+  def take(self, index) -> 'Split':
+    """The frames/images at `index` (int [M], increasing); tracklets are
+    renumbered 0..T'-1 and a tracklet left with no frame disappears."""
+    index = np.asarray(index, np.int64)
+    if index.size and np.any(np.diff(index) <= 0):
+      raise ValueError('Split.take needs strictly increasing indices.')
+    tracklets = None
+    if self.tracklets is not None:
+      t = np.asarray(self.tracklets)[index]
+      tracklets = np.cumsum(np.r_[False, np.diff(t) != 0]).astype(np.int64)
+    return Split(
+        pids=np.asarray(self.pids)[index], camids=np.asarray(self.camids)[index],
+        images=None if self.images is None else self.images[index],
+        paths=None if self.paths is None else [self.paths[i] for i in index],
+        tracklets=tracklets)
+
   @property
   def num_items(self) -> int:
     """Evaluation items: tracklets for video data, else images."""

@@ -53,3 +53,37 @@ def embed_batches(embed_fn: Callable, variables, batches: Iterable[Mapping],
     raise ValueError(f'The {what} split is empty: nothing to embed.')
   return {k: np.concatenate([c[k] for c in chunks]).astype(np.float32)
           for k in chunks[0]}
+
+
+def select_tracklet_frames(tracklets_N, max_frames: int) -> np.ndarray:
+  """int64 [M]: at most max_frames evenly spaced frames of each tracklet.
+
+  tracklets_N: int [N] frame -> tracklet, each tracklet's frames contiguous.
+  max_frames <= 0 keeps every frame. The first and last frame of a tracklet
+  are always kept when it has more than one; the indices are increasing.
+  """
+  tracklets_N = np.asarray(tracklets_N)
+  n = len(tracklets_N)
+  if max_frames <= 0 or not n:
+    return np.arange(n, dtype=np.int64)
+  starts = np.flatnonzero(np.r_[True, np.diff(tracklets_N) != 0])
+  lengths = np.diff(np.r_[starts, n])
+  keep = []
+  for start, length in zip(starts, lengths):
+    if length <= max_frames:
+      keep.append(np.arange(start, start + length))
+    else:
+      keep.append(start + np.unique(np.round(
+          np.linspace(0, length - 1, max_frames)).astype(np.int64)))
+  return np.concatenate(keep).astype(np.int64)
+
+
+def pool_tracklets(emb_NxD: np.ndarray, tracklets_N) -> np.ndarray:
+  """float32 [T, D]: the mean frame embedding of each tracklet (the paper's
+  mean pooling), tracklets numbered 0..T-1."""
+  tracklets_N = np.asarray(tracklets_N, np.int64)
+  num_t = int(tracklets_N.max()) + 1 if len(tracklets_N) else 0
+  sums_TxD = np.zeros((num_t, emb_NxD.shape[1]), np.float64)
+  np.add.at(sums_TxD, tracklets_N, emb_NxD.astype(np.float64))
+  counts_T = np.bincount(tracklets_N, minlength=num_t)
+  return (sums_TxD / counts_T[:, None]).astype(np.float32)

@@ -9,6 +9,12 @@ Distractors (pid 0) stay in as negatives. A "good" gallery image has the
 query's pid and a different camid. Queries with no good image are left out
 of every average (counted by `num_valid_queries`).
 
+Unknown cameras (camid -1, e.g. a folder of your own without camera ids):
+a camera that is unknown on either side never equals another, so nothing is
+removed for sharing the query's camera and every gallery image of the
+query's identity is a good match -- the plain retrieval protocol. The query
+image itself must then not be in the gallery (it would be a free hit).
+
 CMC rank-k is the fraction of valid queries whose first good image lies in
 the top k of the remaining gallery. AP comes in two flavours; with n_good good
 images and the k-th hit (k = 1..n_good) at 1-based rank r among the remaining
@@ -181,7 +187,9 @@ def _rank_chunk(dist_CxG, q_pids_C, q_camids_C, g_pids_G, g_camids_G, ap,
   pids_CxG = g_pids_G[order_CxG]
   cams_CxG = g_camids_G[order_CxG]
   same_pid_CxG = pids_CxG == q_pids_C[:, None]
-  same_cam_CxG = cams_CxG == q_camids_C[:, None]
+  # Unknown cameras (-1) never match: nothing is removed for them.
+  same_cam_CxG = ((cams_CxG == q_camids_C[:, None]) & (cams_CxG >= 0) &
+                  (q_camids_C[:, None] >= 0))
   removed_CxG = (pids_CxG == -1) | (same_pid_CxG & same_cam_CxG)
   good_CxG = same_pid_CxG & ~removed_CxG
   # rank: 1-based rank among the entries that survive removal (read only at

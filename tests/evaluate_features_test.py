@@ -1,0 +1,108 @@
+"""The features-file evaluator and its CLI, against the NumPy reference."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dare_jax import errors
+from dare_jax.evaluation import features
+from tests import metrics_reference as ref
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _features(seed=0, num_q=23, num_g=97, dim=8, num_ids=9):
+  """Two embeddings, with junk, distractors, same-camera matches and a
+  query identity absent from the gallery."""
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(num_ids + 2, dim))
+  q_pids = rng.integers(1, num_ids + 2, num_q)
+  g_pids = rng.integers(-1, num_ids + 1, num_g)
+  feats = {'query_pids': q_pids.astype(np.int64),
+           'query_camids': rng.integers(0, 3, num_q).astype(np.int64),
+           'gallery_pids': g_pids.astype(np.int64),
+           'gallery_camids': rng.integers(0, 3, num_g).astype(np.int64)}
+  for name, noise in (('early', 1.5), ('late', 0.5)):
+    feats[f'query_{name}'] = (centres[q_pids] + noise * rng.normal(
+        size=(num_q, dim))).astype(np.float32)
+    feats[f'gallery_{name}'] = (centres[np.maximum(g_pids, 0)] + noise *
+                                rng.normal(size=(num_g, dim))).astype(
+                                    np.float32)
+  return feats
+
+
+def _reference(feats, name, metric='euclidean', normalize=False,
+               ap='market'):
+  dist = ref.pairwise_distances(feats[f'query_{name}'],
+                                feats[f'gallery_{name}'], metric, normalize)
+  return ref.evaluate(dist, feats['query_pids'], feats['query_camids'],
+                      feats['gallery_pids'], feats['gallery_camids'], ap=ap)
+
+
+@pytest.mark.parametrize('metric,normalize,ap', [
+    ('euclidean', False, 'market'), ('sqeuclidean', True, 'standard'),
+    ('cosine', False, 'market')])
+def test_every_embedding_matches_the_reference(metric, normalize, ap):
+  feats = _features()
+  got = features.evaluate_features_file(feats, metric=metric,
+                                        normalize=normalize, ap=ap)
+  assert list(got) == ['early', 'late']
+  for name in got:
+    want = _reference(feats, name, metric, normalize, ap)
+    for key in ('rank1', 'rank5', 'rank10', 'mAP'):
+      assert got[name][key] == pytest.approx(want[key], abs=1e-6), key
+    assert got[name]['num_valid_queries'] == want['num_valid_queries']
+    assert want['num_valid_queries'] < len(feats['query_pids'])
+
+
+def test_schema_errors_name_the_file_and_key(tmp_path):
+  feats = _features()
+  bad = dict(feats)
+  del bad['gallery_camids']
+  with pytest.raises(errors.DataError, match='x.npz: missing gallery_camids'):
+    features.check_features(bad, 'x.npz')
+  bad = dict(feats, query_late=feats['query_late'][:5])
+  with pytest.raises(errors.DataError, match=r'query_late must be \[23, D\]'):
+    features.check_features(bad, 'x.npz')
+  bad = dict(feats, gallery_late=feats['gallery_late'][:, :3])
+  with pytest.raises(errors.DataError, match='D=8 but gallery_late has D=3'):
+    features.check_features(bad, 'x.npz')
+  nan = feats['query_early'].copy()
+  nan[0, 0] = np.nan
+  with pytest.raises(errors.DataError, match='query_early holds NaN'):
+    features.check_features(dict(feats, query_early=nan), 'x.npz')
+  only_ids = {k: feats[k] for k in features.ID_KEYS}
+  with pytest.raises(errors.DataError, match='no embedding to evaluate'):
+    features.check_features(only_ids, 'x.npz')
+  with pytest.raises(errors.DataNotFoundError, match='nope.npz'):
+    features.load_features(str(tmp_path / 'nope.npz'))
+
+
+def _cli(*args):
+  return subprocess.run(
+      [sys.executable, '-m', 'dare_jax.tools.evaluate_features', *args],
+      capture_output=True, text=True, cwd=ROOT, timeout=300,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+
+
+def test_cli_prints_one_json_object(tmp_path):
+  feats = _features(seed=1)
+  path = str(tmp_path / 'f.npz')
+  np.savez(path, **feats)
+  proc = _cli(path, '--ap=standard', '--metric=cosine')
+  assert proc.returncode == 0, proc.stderr
+  out = json.loads(proc.stdout)
+  assert set(out) == {'early', 'late'}
+  for name, r in out.items():
+    assert set(r) == {'rank1', 'rank5', 'rank10', 'mAP', 'num_valid_queries'}
+    want = _reference(feats, name, 'cosine', False, 'standard')
+    for key in ('rank1', 'rank5', 'rank10', 'mAP'):
+      assert r[key] == pytest.approx(want[key], abs=1e-6)
+  bad = _cli(str(tmp_path / 'missing.npz'))
+  assert bad.returncode == 1 and bad.stdout == ''
+  assert 'error: Features file not found' in bad.stderr
+  assert 'Traceback' not in bad.stderr
