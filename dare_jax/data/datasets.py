@@ -6,13 +6,25 @@ from __future__ import annotations
 import importlib
 import os
 
+from absl import logging
+import numpy as np
+
 from dare_jax import errors
 from dare_jax.data import augment
 from dare_jax.data.types import ReidDataset
 
-# Datasets whose readers arrive with the datasets issue.
-_PLANNED = ('market', 'duke', 'cuhk03_labeled', 'cuhk03_detected', 'mars',
-            'cuhk01', 'folder')
+# data.dataset -> (reader module, function). Imported on use, so a reader's
+# optional dependency never burdens the others.
+_READERS = {
+    'market': ('market', 'read_market'),
+    'duke': ('market', 'read_duke'),
+    'cuhk03_labeled': ('cuhk03', 'read_cuhk03'),
+    'cuhk03_detected': ('cuhk03', 'read_cuhk03'),
+    'mars': ('mars', 'read_mars'),
+    'cuhk01': ('cuhk01', 'read_cuhk01'),
+    'folder': ('folder', 'read_folder'),
+}
+DATASETS = ('synthetic',) + tuple(_READERS)
 
 
 def cache_dir(data_cfg) -> str:
@@ -20,33 +32,80 @@ def cache_dir(data_cfg) -> str:
       os.path.expanduser('~'), '.cache', 'dare_jax')
 
 
+def _read_folder(data_cfg) -> ReidDataset:
+  """The reader of data.dataset over the folder data.root (or manifest)."""
+  name, root = data_cfg.dataset, data_cfg.root
+  readers = 'dare_jax.data.readers.'
+  if name == 'folder' and data_cfg.manifest:
+    folder = importlib.import_module(readers + 'folder')
+    return folder.read_manifest(data_cfg.manifest, root=root or None,
+                                split_seed=data_cfg.split_seed)
+  if not root:
+    raise errors.ConfigError(
+        f'data.dataset={name!r} needs data.root: pass '
+        f'--config.data.root=/path/to/{name} (the extracted official '
+        'archive)' + (', or --config.data.manifest=FILE.csv' if
+                      name == 'folder' else '') + '.')
+  if not os.path.isdir(root):
+    raise errors.DataNotFoundError(
+        f'data.root={root!r} does not exist or is not a folder.')
+  module, fn = _READERS[name]
+  read = getattr(importlib.import_module(readers + module), fn)
+  if name.startswith('cuhk03_'):
+    return read(root, variant=name[len('cuhk03_'):])
+  if name == 'cuhk01':
+    return read(root, split_seed=data_cfg.split_seed,
+                num_test_ids=data_cfg.cuhk01_num_test_ids)
+  return read(root)
+
+
 def load_dataset(data_cfg) -> ReidDataset:
+  """The dataset named by config.data, its splits ready for a pipeline."""
   name = data_cfg.dataset
+  resize_hw = augment.resize_size(data_cfg.input_size, data_cfg.resize_factor)
   if name == 'synthetic':
     from dare_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     s = data_cfg.synthetic
     return synthetic.make_synthetic(
         num_train_ids=s.num_train_ids, num_test_ids=s.num_test_ids,
         num_cameras=s.num_cameras, hard_fraction=s.hard_fraction,
-        seed=s.seed,
-        image_size=augment.resize_size(data_cfg.input_size,
-                                       data_cfg.resize_factor),
-        cache_dir=cache_dir(data_cfg))
-  if name in _PLANNED:
+        seed=s.seed, image_size=resize_hw, cache_dir=cache_dir(data_cfg))
+  if name not in _READERS:
+    raise errors.ConfigError(
+        f'Unknown data.dataset={name!r}; known: {", ".join(DATASETS)}.')
+  if data_cfg.bad_images not in ('error', 'skip'):
+    raise errors.ConfigError(
+        f"data.bad_images={data_cfg.bad_images!r}: use 'error' or 'skip'.")
+  if data_cfg.source == 'tfds':
     if not data_cfg.root:
       raise errors.ConfigError(
-          f'data.dataset={name!r} needs data.root: pass '
-          f'--config.data.root=/path/to/{name} (the extracted official '
-          'archive).')
-    if not os.path.isdir(data_cfg.root):
-      raise errors.DataNotFoundError(
-          f'data.root={data_cfg.root!r} does not exist or is not a folder.')
+          'data.source="tfds" builds the dataset from the manual download in '
+          'data.root: pass --config.data.root=/path/to/the/archive.')
+    try:
+      tfds_builders = importlib.import_module('dare_jax.data.tfds_builders')
+    except ImportError as e:
+      raise errors.ConfigError(
+          'data.source="tfds" needs tensorflow-datasets, which is not '
+          'installed here; read the folder directly with '
+          '--config.data.source=folder') from e
+    return tfds_builders.load_tfds(name, manual_dir=data_cfg.root,
+                                   data_dir=data_cfg.tfds_data_dir or None,
+                                   resize_hw=resize_hw)
+  if data_cfg.source != 'folder':
     raise errors.ConfigError(
-        f'The reader for data.dataset={name!r} is not implemented yet (it '
-        'comes with the real-datasets issue). Train on the built-in '
-        'synthetic dataset meanwhile: --config=configs/synthetic.py')
-  raise errors.ConfigError(f'Unknown data.dataset={name!r}; known: synthetic, '
-                   f'{", ".join(_PLANNED)}.')
+        f"data.source={data_cfg.source!r}: use 'folder' or 'tfds'.")
+  ds = _read_folder(data_cfg)
+  if data_cfg.bad_images == 'skip':
+    bad_images = importlib.import_module('dare_jax.data.readers.bad_images')
+    ds, bad = bad_images.drop_bad_images(ds)
+    if bad:
+      logging.warning('data.bad_images="skip": dropped %d unreadable images '
+                      '(first: %s).', len(bad), ', '.join(bad[:5]))
+  logging.info('Dataset %s: %d train images (%d ids), %d query and %d '
+               'gallery items.', ds.name, len(ds.train),
+               len(np.unique(ds.train.pids)), ds.query.num_items,
+               ds.gallery.num_items)
+  return ds
 
 
 def pipeline_module(name: str):

@@ -1,0 +1,13 @@
+"""DaRe (ResNet-50) on DukeMTMC-reID at 256x128 with the paper's schedule.
+
+  python -m dare_jax.main --config=configs/duke.py \
+      --config.data.root=/data/DukeMTMC-reID --workdir=runs/duke
+"""
+
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.data.dataset = 'duke'
+  return c
