@@ -97,3 +97,24 @@ def test_train_mode_uses_batch_statistics_and_updates_them():
   old_mean = v['batch_stats']['backbone']['bn1']['mean']
   new_mean = new['batch_stats']['backbone']['bn1']['mean']
   assert not np.allclose(old_mean, new_mean)
+
+
+def test_partial_forward_equals_the_full_one_and_skips_later_stages():
+  model = dare.DaRe(block='basic', stage_sizes=(1, 1, 1, 1), width=4,
+                    head_hidden=8, embedding_dim=4)
+  x = jax.random.normal(jax.random.key(1), (2, 32, 16, 3))
+  variables = model.init(jax.random.key(0), x)
+  full = model.apply(variables, x)
+  for n in (1, 2, 3):
+    part = model.apply(variables, x, num_exits=n)
+    assert sorted(part) == [f'stage{s}' for s in range(1, n + 1)]
+    for k, v in part.items():
+      np.testing.assert_array_equal(np.asarray(v), np.asarray(full[k]))
+    # The later stages are not in the computation at all.
+    jaxpr = str(jax.make_jaxpr(
+        lambda v, x, n=n: model.apply(v, x, num_exits=n))(variables, x))
+    assert jaxpr.count('conv_general_dilated') == (
+        str(jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, x))
+        .count('conv_general_dilated') - 2 * (4 - n) - (4 - n))
+  with pytest.raises(ValueError, match='num_exits'):
+    model.apply(variables, x, num_exits=5)

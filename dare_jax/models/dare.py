@@ -58,16 +58,23 @@ class DaRe(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, num_exits: int = 4):
+    """num_exits < 4 computes only stages and heads 1..num_exits (the
+    anytime forward: {stage1..stage<num_exits>}, no 'fused')."""
+    if not 1 <= num_exits <= len(EXITS):
+      raise ValueError(f'num_exits={num_exits} must be in 1..{len(EXITS)}.')
     norm = resnet.make_norm(train, self.bn_momentum, self.bn_epsilon,
                             self.bn_axis_name)
     maps = resnet.ResNet(self.block, self.stage_sizes, self.width, norm=norm,
-                         dtype=self.dtype, name='backbone')(x.astype(self.dtype))
+                         dtype=self.dtype, name='backbone')(
+                             x.astype(self.dtype), num_stages=num_exits)
     out = {}
     for name, m in zip(EXITS, maps):
       head = ExitHead(self.head_hidden, self.embedding_dim, norm,
                       dtype=self.dtype, name=f'exit{name[-1]}')
       out[name] = head(m).astype(jnp.float32)
+    if num_exits < len(EXITS):
+      return out
     w = self.param('fusion', uniform_init(self.fusion_init_low,
                                           self.fusion_init_high), (len(EXITS),))
     out['fused'] = sum(w[s] * out[name] for s, name in enumerate(EXITS))

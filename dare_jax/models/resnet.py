@@ -108,13 +108,14 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, num_stages: int = 4):
+    """The first num_stages stage maps (anytime: later stages never run)."""
     x = _conv(self.width, 7, 2, 'conv1', self.dtype)(x)
     x = nn.relu(self.norm(name='bn1')(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     block_cls = BLOCKS[self.block]
     in_ch, maps = self.width, []
-    for s, n_blocks in enumerate(self.stage_sizes):
+    for s, n_blocks in enumerate(self.stage_sizes[:num_stages]):
       filters = self.width * 2**s
       for b in range(n_blocks):
         strides = 2 if (s > 0 and b == 0) else 1
