@@ -56,8 +56,8 @@ def test_bad_images_skip_drops_and_error_keeps(tmp_path):
      "data.source='hub'"),
     (dict(dataset='market', root='/', bad_images='ignore'),
      errors.ConfigError, 'data.bad_images'),
-    (dict(dataset='market', source='tfds'), errors.ConfigError,
-     'manual download in data.root'),
+    (dict(dataset='mars', source='tfds'), errors.ConfigError,
+     'data.source'),
 ])
 def test_config_errors_name_the_field(fields, error, match):
   with pytest.raises(error, match=match):

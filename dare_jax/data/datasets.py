@@ -77,10 +77,8 @@ def load_dataset(data_cfg) -> ReidDataset:
     raise errors.ConfigError(
         f"data.bad_images={data_cfg.bad_images!r}: use 'error' or 'skip'.")
   if data_cfg.source == 'tfds':
-    if not data_cfg.root:
-      raise errors.ConfigError(
-          'data.source="tfds" builds the dataset from the manual download in '
-          'data.root: pass --config.data.root=/path/to/the/archive.')
+    # data.root (the manual download) is needed only until the dataset is
+    # prepared in data.tfds_data_dir; load_tfds says so when it is missing.
     try:
       tfds_builders = importlib.import_module('dare_jax.data.tfds_builders')
     except ImportError as e:
@@ -88,9 +86,10 @@ def load_dataset(data_cfg) -> ReidDataset:
           'data.source="tfds" needs tensorflow-datasets, which is not '
           'installed here; read the folder directly with '
           '--config.data.source=folder') from e
-    return tfds_builders.load_tfds(name, manual_dir=data_cfg.root,
-                                   data_dir=data_cfg.tfds_data_dir or None,
-                                   resize_hw=resize_hw)
+    return tfds_builders.load_tfds(
+        name, manual_dir=data_cfg.root, data_dir=data_cfg.tfds_data_dir or None,
+        resize_hw=resize_hw, split_seed=data_cfg.split_seed,
+        cuhk01_num_test_ids=data_cfg.cuhk01_num_test_ids)
   if data_cfg.source != 'folder':
     raise errors.ConfigError(
         f"data.source={data_cfg.source!r}: use 'folder' or 'tfds'.")
