@@ -14,6 +14,9 @@ def get_config():
   # --- model: a ResNet in the torchvision ("v1.5") layout with 4 exit heads.
   c.model = ml_collections.ConfigDict()
   c.model.backbone = 'resnet'
+  # 'dare': an exit head per stage and the learnt fusion; 'trinet': the
+  # stage-4 head only (Hermans et al.), the anytime baseline's members.
+  c.model.heads = 'dare'
   c.model.depth = 50  # 18, 34 (basic blocks), 50, 101 (bottlenecks); 0 = custom
   c.model.stage_sizes = ()  # custom blocks per stage, used when depth == 0
   c.model.block = 'bottleneck'  # custom block type, used when depth == 0

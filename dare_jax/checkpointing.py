@@ -48,8 +48,15 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict,
                    force=force)
 
 
+# Architecture fields added after checkpoints were first written, with the
+# value every older checkpoint implicitly had.
+_ADDED_FIELDS = {'heads': 'dare'}
+
+
 def check_fingerprint(meta: dict, model_cfg, where: str) -> None:
   saved, now = meta.get('model', {}), model_fingerprint(model_cfg)
+  if saved:
+    saved = {**_ADDED_FIELDS, **saved}
   if saved != now:
     diff = sorted(k for k in set(saved) | set(now)
                   if saved.get(k) != now.get(k))

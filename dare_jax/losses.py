@@ -45,7 +45,8 @@ def deep_supervision_loss(embeddings: Mapping[str, jax.Array],
   """
   per_exit = {name: batch_hard_soft_margin(emb, pids_B, eps)
               for name, emb in embeddings.items()}
-  if deep_supervision:
+  if deep_supervision or 'fused' not in per_exit:
+    # A single-embedding model (TriNet) has nothing else to supervise.
     total = sum(per_exit.values())
   else:
     total = per_exit['fused']

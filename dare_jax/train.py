@@ -205,8 +205,8 @@ def embed_dataset(config, model, variables, dataset, mesh: Mesh) -> dict:
 def score_features(feats, eval_cfg) -> dict:
   """{embedding name: {rank1, rank5, rank10, mAP, num_valid_queries, ...}},
   plus {'rerank': {...}} when eval.rerank is on."""
-  return features_lib.evaluate_with_config(feats, eval_cfg,
-                                           names=dare.EMBEDDINGS)
+  return features_lib.evaluate_with_config(
+      feats, eval_cfg, names=features_lib.embedding_names(feats))
 
 
 def write_json(path: str, obj) -> None:

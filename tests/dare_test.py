@@ -118,3 +118,23 @@ def test_partial_forward_equals_the_full_one_and_skips_later_stages():
         .count('conv_general_dilated') - 2 * (4 - n) - (4 - n))
   with pytest.raises(ValueError, match='num_exits'):
     model.apply(variables, x, num_exits=5)
+
+
+def test_trinet_has_the_stage4_head_only():
+  c = smoke.get_config()
+  c.model.heads = 'trinet'
+  model = dare.from_config(c.model)
+  x = jnp.zeros((2,) + tuple(c.data.input_size) + (3,))
+  variables = model.init(jax.random.key(0), x)
+  assert sorted(variables['params']) == ['backbone', 'exit4']
+  out = model.apply(variables, x)
+  assert sorted(out) == ['stage4']
+  assert dare.embedding_names(c.model) == ('stage4',)
+  # The same backbone and head parameters as the DaRe of that config.
+  full = dare.from_config(smoke.get_config().model).init(
+      jax.random.key(0), x)['params']
+  assert (jax.tree.map(jnp.shape, full['exit4']) ==
+          jax.tree.map(jnp.shape, variables['params']['exit4']))
+  c.model.heads = 'tri'
+  with pytest.raises(Exception, match='model.heads'):
+    dare.from_config(c.model)

@@ -176,3 +176,14 @@ def test_workdir_of_a_different_model_is_refused(tmp_path):
     train.evaluate_checkpoint(other, workdir)
   with pytest.raises(checkpointing.WrongModelError, match='model.width'):
     train.train_and_evaluate(other, workdir)
+
+
+def test_trinet_trains_and_reports_its_one_embedding(tmp_path):
+  config = _smoke(tmp_path, num_steps=2)
+  config.model.heads = 'trinet'
+  results = train.train_and_evaluate(config, str(tmp_path / 'trinet'))
+  assert set(results) == {'stage4', 'train_loss'}
+  assert set(results['train_loss']) == {'stage4'}
+  feats = np.load(tmp_path / 'trinet' / 'features.npz')
+  assert sorted(k for k in feats.files if k.startswith('query_')) == [
+      'query_camids', 'query_pids', 'query_stage4']

@@ -56,6 +56,9 @@ class DaRe(nn.Module):
   # (synchronised BN under shard_map); None on a single un-mapped device.
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
+  # TriNet (Hermans et al. 2017), the anytime baseline's members: the same
+  # backbone with the stage-4 head only, {'stage4': [B, D]}, no fusion.
+  trinet: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False, num_exits: int = 4):
@@ -63,6 +66,8 @@ class DaRe(nn.Module):
     anytime forward: {stage1..stage<num_exits>}, no 'fused')."""
     if not 1 <= num_exits <= len(EXITS):
       raise ValueError(f'num_exits={num_exits} must be in 1..{len(EXITS)}.')
+    if self.trinet and num_exits != len(EXITS):
+      raise ValueError('A TriNet has one exit, after stage 4: num_exits=4.')
     norm = resnet.make_norm(train, self.bn_momentum, self.bn_epsilon,
                             self.bn_axis_name)
     maps = resnet.ResNet(self.block, self.stage_sizes, self.width, norm=norm,
@@ -70,10 +75,12 @@ class DaRe(nn.Module):
                              x.astype(self.dtype), num_stages=num_exits)
     out = {}
     for name, m in zip(EXITS, maps):
+      if self.trinet and name != EXITS[-1]:
+        continue
       head = ExitHead(self.head_hidden, self.embedding_dim, norm,
                       dtype=self.dtype, name=f'exit{name[-1]}')
       out[name] = head(m).astype(jnp.float32)
-    if num_exits < len(EXITS):
+    if num_exits < len(EXITS) or self.trinet:
       return out
     w = self.param('fusion', uniform_init(self.fusion_init_low,
                                           self.fusion_init_high), (len(EXITS),))
@@ -81,8 +88,18 @@ class DaRe(nn.Module):
     return out
 
 
+def embedding_names(model_cfg) -> tuple[str, ...]:
+  """The embeddings the configured model outputs, in order."""
+  if model_cfg.heads == 'trinet':
+    return (EXITS[-1],)
+  return EMBEDDINGS
+
+
 def from_config(model_cfg, bn_axis_name: Optional[str] = None) -> DaRe:
   """The one place that reads config.model (backbone construction)."""
+  if model_cfg.heads not in ('dare', 'trinet'):
+    raise ConfigError(f"model.heads={model_cfg.heads!r}: use 'dare' (4 exits "
+                      "and the fusion) or 'trinet' (the stage-4 head only).")
   if model_cfg.backbone != 'resnet':
     raise ConfigError(f'model.backbone={model_cfg.backbone!r}: only "resnet" '
                      'is implemented.')
@@ -95,4 +112,5 @@ def from_config(model_cfg, bn_axis_name: Optional[str] = None) -> DaRe:
               fusion_init_high=model_cfg.fusion_init_high,
               bn_momentum=model_cfg.bn_momentum,
               bn_epsilon=model_cfg.bn_epsilon, bn_axis_name=bn_axis_name,
-              dtype=jnp.dtype(model_cfg.dtype))
+              dtype=jnp.dtype(model_cfg.dtype),
+              trinet=model_cfg.heads == 'trinet')
