@@ -1,0 +1,309 @@
+"""The budgeted stream: queries arrive one by one and each leaves at an exit.
+
+As the DaRe authors simulate it (Wang et al., CVPR 2018, sec. 3.3 / eq. 3):
+
+* Exits e_1..e_S (the paper: stage1, stage2, stage3, fused) with cumulative
+  per-image costs C_1 < ... < C_S (dare_jax/budget/costs.py).
+* For an average budget B the fraction of queries leaving at exit s is
+  p_s proportional to q^(s-1), with q > 0 the root of
+      sum_s (C_s - B) q^(s-1) = 0,
+  i.e. the expected cost sum_s p_s C_s equals B. The coefficients are
+  negative for the exits cheaper than B and positive for the dearer ones;
+  with increasing costs their signs change exactly once, so by Descartes'
+  rule of signs there is exactly ONE positive root (the others are negative
+  or complex): that is q, found by bisection (f(0) = C_1 - B < 0 and f
+  grows without bound). B <= C_1 sends every query to the first exit,
+  B >= C_S to the last.
+* The conditional probability of leaving at exit s, having reached it:
+  pi_s = p_s / (1 - sum_{t<s} p_t) = p_s / sum_{t>=s} p_t (1 once nothing is
+  left; 1 at the last exit).
+* Routing over the stream, in file order: at exit s < S a query computes its
+  confidence c, appends it to the confidences seen so far at that exit,
+  sorts them descending and takes the threshold at index
+  floor((n - 1) * pi_s) (n counts the query itself); it leaves if
+  c >= threshold. The first query to reach an exit therefore leaves there.
+  An exit with pi_s = 0 (p_s = 0) lets every query through: the rule would
+  still let out a query whose confidence is a new maximum, and a budget of
+  C_S must answer every query with the last exit.
+* Confidences, on the gallery left after removing junk (pid -1) and the
+  query's own camera (same pid and camid; camid -1 never matches), as the
+  metrics do (dare_jax/evaluation/metrics.py):
+    distance: c = -(distance to the nearest remaining gallery image);
+    margin:   c = (distance to the nearest remaining image whose identity
+              differs from the top-1's) - (top-1 distance); this one reads
+              the gallery labels.
+  A query with no remaining gallery image gets c = -inf (it never looks
+  confident); a margin with a single remaining identity is +inf.
+* Random routing (the baseline): the two exits around B (C_s <= B <=
+  C_{s+1}) share the queries linearly, p_s = (C_{s+1} - B) / (C_{s+1} - C_s),
+  p_{s+1} = 1 - p_s; each query leaves exit s with probability pi_s (draws
+  from np.random.default_rng(seed)).
+
+Each query is answered with the distances of its exit; the report per
+budget holds the realised exit fractions and mean cost, and rank-1 / mAP
+over the valid queries (a query with no good gallery image counts in the
+cost and fractions only, as the metrics leave it out).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from dare_jax.evaluation import metrics
+
+ROUTINGS = ('distance', 'margin', 'random')
+DEFAULT_EXITS = ('stage1', 'stage2', 'stage3', 'fused')
+# Confidences are computed this many gallery entries at a time per query
+# chunk: [chunk, G] float64 intermediates stay near 8 MiB.
+_CHUNK_ELEMENTS = 1 << 20
+
+
+def check_costs(costs_S: Sequence[float]) -> np.ndarray:
+  """float64 [S]; raises ValueError unless finite, positive, increasing."""
+  c = np.asarray(costs_S, np.float64)
+  if c.ndim != 1 or c.size < 1:
+    raise ValueError(f'costs must be a non-empty list; got {costs_S!r}.')
+  if not np.all(np.isfinite(c)) or np.any(c <= 0):
+    raise ValueError(f'costs must be positive and finite; got {c.tolist()}.')
+  if np.any(np.diff(c) <= 0):
+    raise ValueError('costs must increase strictly from exit to exit '
+                     f'(cumulative costs); got {c.tolist()}.')
+  return c
+
+
+def _check_budget(budget) -> float:
+  b = float(budget)
+  if not math.isfinite(b):
+    raise ValueError(f'A budget must be finite; got {budget!r}.')
+  return b
+
+
+def exit_fractions(costs_S: Sequence[float], budget: float) -> np.ndarray:
+  """Eq. 3: float64 [S] fractions p_s ~ q^(s-1) with sum_s p_s C_s = B."""
+  c = check_costs(costs_S)
+  b = _check_budget(budget)
+  p = np.zeros_like(c)
+  if b <= c[0]:
+    p[0] = 1.0
+    return p
+  if b >= c[-1]:
+    p[-1] = 1.0
+    return p
+  powers = np.arange(c.size, dtype=np.float64)
+  coef = c - b
+
+  def f(q):
+    # The polynomial over sum_s q^(s-1) (same sign, bounded): the error of
+    # the expected cost, computed in log space so no power overflows.
+    logw = powers * math.log(q)
+    w = np.exp(logw - logw.max())
+    return float(np.dot(coef, w) / np.sum(w))
+
+  lo, hi = 0.0, 1.0
+  while f(hi) < 0:
+    lo, hi = hi, hi * 2.0
+  for _ in range(2000):
+    mid = 0.5 * (lo + hi)
+    if mid in (lo, hi):
+      break
+    if f(mid) < 0:
+      lo = mid
+    else:
+      hi = mid
+  q = 0.5 * (lo + hi)
+  logw = powers * math.log(q)
+  w = np.exp(logw - logw.max())
+  return w / w.sum()
+
+
+def random_fractions(costs_S: Sequence[float], budget: float) -> np.ndarray:
+  """The random baseline: float64 [S], the two exits around B share it."""
+  c = check_costs(costs_S)
+  b = _check_budget(budget)
+  p = np.zeros_like(c)
+  if b <= c[0]:
+    p[0] = 1.0
+  elif b >= c[-1]:
+    p[-1] = 1.0
+  else:
+    s = int(np.searchsorted(c, b, side='right')) - 1  # c[s] <= b < c[s+1]
+    p[s] = (c[s + 1] - b) / (c[s + 1] - c[s])
+    p[s + 1] = 1.0 - p[s]
+  return p
+
+
+def conditional(p_S: Sequence[float]) -> np.ndarray:
+  """pi_s = p_s / (1 - sum_{t<s} p_t): float64 [S], 1 at the last exit and
+  once nothing is left."""
+  p = np.asarray(p_S, np.float64)
+  left = 1.0 - np.concatenate([[0.0], np.cumsum(p)[:-1]])
+  pi = np.ones_like(p)
+  ok = left > 0
+  pi[ok] = np.minimum(p[ok] / left[ok], 1.0)
+  pi[-1] = 1.0
+  return pi
+
+
+def route(conf_QxS: np.ndarray, pi_S: Sequence[float]) -> np.ndarray:
+  """Routes the stream (rows in arrival order): int [Q] 0-based exit.
+
+  conf_QxS: float [Q, S] (or [Q, S - 1]) confidence of each query at each
+  exit; the last exit's column is never read.
+  """
+  conf = np.asarray(conf_QxS, np.float64)
+  pi = np.asarray(pi_S, np.float64)
+  num_q, num_s = conf.shape[0], pi.size
+  if conf.ndim != 2 or conf.shape[1] < num_s - 1:
+    raise ValueError(f'conf_QxS must be [Q, >= {num_s - 1}]; got '
+                     f'{conf.shape}.')
+  exit_q = np.full((num_q,), num_s - 1, np.int64)
+  running = np.arange(num_q)
+  for s in range(num_s - 1):
+    if pi[s] <= 0 or running.size == 0:
+      continue  # Nobody leaves here (see the module docstring).
+    seen = []  # Confidences at exit s, kept sorted descending.
+    leaving = []
+    for q in running:
+      c = conf[q, s]
+      # Insert keeping the list descending: bisect on the negated order.
+      lo, hi = 0, len(seen)
+      while lo < hi:
+        mid = (lo + hi) // 2
+        if seen[mid] > c:
+          lo = mid + 1
+        else:
+          hi = mid
+      seen.insert(lo, c)
+      threshold = seen[math.floor((len(seen) - 1) * pi[s])]
+      if c >= threshold:
+        exit_q[q] = s
+        leaving.append(q)
+    running = np.setdiff1d(running, np.asarray(leaving, np.int64),
+                           assume_unique=True)
+  return exit_q
+
+
+def route_random(num_q: int, pi_S: Sequence[float],
+                 seed: int = 0) -> np.ndarray:
+  """int [Q] 0-based exit: query q leaves exit s with probability pi_s."""
+  pi = np.asarray(pi_S, np.float64)
+  u_QxS = np.random.default_rng(seed).random((num_q, pi.size))
+  leaves_QxS = u_QxS < pi[None, :]
+  leaves_QxS[:, -1] = True
+  return np.argmax(leaves_QxS, axis=1)
+
+
+def _removed(q_pids, q_camids, g_pids, g_camids):
+  same_pid = g_pids[None, :] == q_pids[:, None]
+  same_cam = ((g_camids[None, :] == q_camids[:, None]) &
+              (g_camids[None, :] >= 0) & (q_camids[:, None] >= 0))
+  return (g_pids[None, :] == -1) | (same_pid & same_cam)
+
+
+def confidences(dist_QxG, q_pids, q_camids, g_pids, g_camids,
+                kind: str = 'distance') -> np.ndarray:
+  """float64 [Q] confidence of each query ('distance' or 'margin')."""
+  if kind not in ('distance', 'margin'):
+    raise ValueError(f'Unknown confidence {kind!r}; expected distance or '
+                     'margin.')
+  dist = np.asarray(dist_QxG)
+  num_q, num_g = dist.shape
+  qp, qc = np.asarray(q_pids), np.asarray(q_camids)
+  gp, gc = np.asarray(g_pids), np.asarray(g_camids)
+  out = np.empty((num_q,), np.float64)
+  chunk = max(1, _CHUNK_ELEMENTS // max(num_g, 1))
+  for a in range(0, num_q, chunk):
+    b = min(a + chunk, num_q)
+    d = np.where(_removed(qp[a:b], qc[a:b], gp, gc), np.inf,
+                 dist[a:b].astype(np.float64))
+    if num_g == 0:
+      out[a:b] = -np.inf
+      continue
+    top = np.argmin(d, axis=1)  # first index on ties, as a stable sort
+    d1 = d[np.arange(b - a), top]
+    if kind == 'distance':
+      out[a:b] = -d1
+      continue
+    other = np.where(gp[None, :] == gp[top][:, None], np.inf, d)
+    # Nothing left at all (d1 = inf): not confident.
+    nothing = np.isinf(d1)
+    margin = np.min(other, axis=1) - np.where(nothing, 0.0, d1)
+    out[a:b] = np.where(nothing, -np.inf, margin)
+  return out
+
+
+def _check_exits(feats: Mapping[str, np.ndarray], exits: Sequence[str]):
+  for name in exits:
+    for side in ('query', 'gallery'):
+      if f'{side}_{name}' not in feats:
+        raise ValueError(f'No embedding {name!r} in the features (need '
+                         f'query_{name} and gallery_{name}).')
+
+
+def simulate(feats: Mapping[str, np.ndarray], exits: Sequence[str],
+             costs_S: Sequence[float], budgets: Sequence[float],
+             routing: str = 'distance', seed: int = 0,
+             ap: str = 'market') -> list[dict]:
+  """The budgeted stream at each budget.
+
+  Args:
+    feats: a features dict (dare_jax/evaluation/features.py schema).
+    exits: the S embedding names, cheapest first.
+    costs_S: their cumulative costs C_1 < ... < C_S.
+    budgets: average budgets per query, reported in this order.
+    routing: 'distance', 'margin' or 'random'.
+    seed: the random routing's draws.
+    ap: 'market' or 'standard' AP.
+
+  Returns:
+    [{'budget', 'exit_fractions': [S] realised, 'realized_cost', 'rank1',
+      'mAP'}] one per budget (rank1 / mAP None if no query is valid).
+  """
+  if routing not in ROUTINGS:
+    raise ValueError(f'Unknown routing {routing!r}; expected one of '
+                     f'{ROUTINGS}.')
+  exits = list(exits)
+  c = check_costs(costs_S)
+  if len(exits) != c.size:
+    raise ValueError(f'{len(exits)} exits but {c.size} costs.')
+  budgets = [_check_budget(b) for b in budgets]
+  _check_exits(feats, exits)
+  ids = [np.asarray(feats[k]) for k in ('query_pids', 'query_camids',
+                                        'gallery_pids', 'gallery_camids')]
+  num_q = ids[0].size
+  per_exit, conf_cols = [], []
+  for s, name in enumerate(exits):
+    dist = np.asarray(metrics.pairwise_distances(
+        feats[f'query_{name}'], feats[f'gallery_{name}']))
+    per_exit.append(metrics.evaluate_per_query(dist, *ids, ap=ap))
+    if routing != 'random' and s < len(exits) - 1:
+      conf_cols.append(confidences(dist, *ids, kind=routing))
+  conf_QxS = (np.stack(conf_cols, axis=1) if conf_cols else
+              np.zeros((num_q, 0)))
+  results = []
+  for b in budgets:
+    if routing == 'random':
+      exit_q = route_random(num_q, conditional(random_fractions(c, b)), seed)
+    else:
+      exit_q = route(conf_QxS, conditional(exit_fractions(c, b)))
+    results.append(_report(b, exit_q, per_exit, c))
+  return results
+
+
+def _report(budget, exit_q, per_exit, costs_S) -> dict:
+  rows = np.arange(exit_q.size)
+  combined = {k: np.stack([pq[k] for pq in per_exit])[exit_q, rows]
+              for k in ('first_hit_rank', 'ap', 'num_good', 'valid')}
+  fractions = np.bincount(exit_q, minlength=len(per_exit)) / max(
+      exit_q.size, 1)
+  out = {'budget': budget, 'exit_fractions': fractions.tolist(),
+         'realized_cost': float(np.mean(costs_S[exit_q])) if exit_q.size
+                          else 0.0,
+         'rank1': None, 'mAP': None}
+  if np.any(combined['valid']):
+    summary = metrics.summarize(combined, ranks=(1,))
+    out['rank1'], out['mAP'] = summary['rank1'], summary['mAP']
+  return out

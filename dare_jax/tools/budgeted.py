@@ -1,0 +1,95 @@
+r"""The budgeted stream over a features file (dare_jax/budget/stream.py).
+
+  python -m dare_jax.tools.budgeted FEATURES.npz \
+      --exits=stage1,stage2,stage3,fused --costs=C1,C2,C3,C4 \
+      --budgets=B1,B2,... [--routing=distance|margin|random] [--seed=0] \
+      [--ap=market|standard]
+
+Costs are the cumulative Mul-Adds per image of each exit
+(`python -m dare_jax.tools.costs --config=...`), budgets the average
+Mul-Adds per query. Prints a JSON list to stdout, one object per budget in
+the given order:
+  {"budget", "exit_fractions": [S], "realized_cost", "rank1", "mAP"}
+Bad flags or files: one line `error: ...` on stderr, exit status 1.
+"""
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+
+from dare_jax import errors
+from dare_jax.budget import stream
+from dare_jax.evaluation import features as features_lib
+from dare_jax.evaluation import metrics
+
+# Plain strings, parsed below, so that every bad value gets the same
+# one-line error (absl's own parse errors print several lines).
+flags.DEFINE_string('exits', ','.join(stream.DEFAULT_EXITS),
+                    'Embedding names, cheapest exit first.')
+flags.DEFINE_string('costs', None, 'Cumulative cost of each exit, '
+                    'comma-separated, increasing.')
+flags.DEFINE_string('budgets', None, 'Average budgets per query, '
+                    'comma-separated.')
+flags.DEFINE_string('routing', 'distance', 'distance, margin or random.')
+flags.DEFINE_string('seed', '0', 'Seed of the random routing.')
+flags.DEFINE_string('ap', 'market', 'market (official, trapezoidal) or '
+                    'standard AP.')
+FLAGS = flags.FLAGS
+
+
+def _numbers(flag: str, text) -> list[float]:
+  if not text or not text.strip():
+    raise ValueError(f'--{flag} is required (comma-separated numbers).')
+  try:
+    return [float(v) for v in text.split(',')]
+  except ValueError:
+    raise ValueError(f'--{flag}={text!r}: not a comma-separated list of '
+                     'numbers.') from None
+
+
+def _parse():
+  exits = [e.strip() for e in FLAGS.exits.split(',')]
+  if not all(exits):
+    raise ValueError(f'--exits={FLAGS.exits!r} has an empty name.')
+  costs = _numbers('costs', FLAGS.costs)
+  if len(costs) != len(exits):
+    raise ValueError(f'--costs has {len(costs)} values but --exits names '
+                     f'{len(exits)} exits.')
+  stream.check_costs(costs)
+  budgets = _numbers('budgets', FLAGS.budgets)
+  if FLAGS.routing not in stream.ROUTINGS:
+    raise ValueError(f'--routing={FLAGS.routing!r}: expected one of '
+                     f'{", ".join(stream.ROUTINGS)}.')
+  try:
+    seed = int(FLAGS.seed)
+  except ValueError:
+    raise ValueError(f'--seed={FLAGS.seed!r}: not an integer.') from None
+  if seed < 0:
+    raise ValueError(f'--seed={seed}: must be >= 0.')
+  if FLAGS.ap not in metrics.AP_KINDS:
+    raise ValueError(f'--ap={FLAGS.ap!r}: expected one of '
+                     f'{", ".join(metrics.AP_KINDS)}.')
+  return exits, costs, budgets, seed
+
+
+def main(argv):
+  try:
+    if len(argv) != 2:
+      raise ValueError('usage: python -m dare_jax.tools.budgeted '
+                       'FEATURES.npz --costs=... --budgets=... [--flags]')
+    exits, costs, budgets, seed = _parse()
+    feats = features_lib.load_features(argv[1])
+    results = stream.simulate(feats, exits, costs, budgets,
+                              routing=FLAGS.routing, seed=seed, ap=FLAGS.ap)
+  except (errors.UserError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  json.dump(results, sys.stdout, indent=2)
+  sys.stdout.write('\n')
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(main)
