@@ -118,4 +118,11 @@ def get_config():
   # Video (MARS): frames embedded per tracklet, evenly spaced; 0 = all (the
   # paper's mean pooling over the whole tracklet).
   c.eval.max_tracklet_frames = 0
+
+  # --- resource report (--mode=budget, dare_jax/budget/report.py).
+  c.budget = ml_collections.ConfigDict()
+  c.budget.num_budgets = 11  # stream budgets, evenly from C_1 to C_4
+  c.budget.seed = 0  # random routing's draws
+  c.budget.num_examples = 4  # queries per retrieval figure
+  c.budget.top_k = 5  # gallery images shown per exit (Figure 7)
   return c

@@ -24,10 +24,12 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results go here.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'export'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'export', 'budget'],
                   'train: train (resuming from the latest checkpoint in '
                   'workdir), then evaluate. eval: evaluate the latest '
-                  'checkpoint. export: write workdir/features.npz.')
+                  'checkpoint. export: write workdir/features.npz. budget: '
+                  'the resource report (costs, anytime and budgeted-stream '
+                  'curves, figures) from workdir/features.npz.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -35,6 +37,12 @@ def _quiet_orbax(record) -> bool:
   """Orbax narrates every save at INFO; keep its warnings and errors only."""
   return (record.levelno >= pylogging.WARNING or
           'orbax' not in record.pathname)
+
+
+def _budget_report(config, workdir):
+  from dare_jax.budget import report  # pylint: disable=g-import-not-at-top
+  for line in report.summary_lines(report.resource_report(config, workdir)):
+    logging.info('%s', line)
 
 
 def main(argv):
@@ -46,7 +54,8 @@ def main(argv):
   config = FLAGS.config
   run = {'train': train.train_and_evaluate,
          'eval': train.evaluate_checkpoint,
-         'export': train.export_features}[FLAGS.mode]
+         'export': train.export_features,
+         'budget': _budget_report}[FLAGS.mode]
   try:
     run(config, FLAGS.workdir)
   except errors.UserError as e:

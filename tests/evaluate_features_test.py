@@ -106,3 +106,27 @@ def test_cli_prints_one_json_object(tmp_path):
   assert bad.returncode == 1 and bad.stdout == ''
   assert 'error: Features file not found' in bad.stderr
   assert 'Traceback' not in bad.stderr
+
+
+def _reranked_reference(feats, name, k1, k2, lam):
+  from tests import rerank_reference  # pylint: disable=g-import-not-at-top
+  q = feats[f'query_{name}'].astype(np.float64)
+  g = feats[f'gallery_{name}'].astype(np.float64)
+  dist = lambda a, b: ref.pairwise_distances(a, b, 'euclidean')
+  reranked = rerank_reference.re_ranking(dist(q, g), dist(q, q), dist(g, g),
+                                         k1=k1, k2=k2, lambda_value=lam)
+  return ref.evaluate(reranked, feats['query_pids'], feats['query_camids'],
+                      feats['gallery_pids'], feats['gallery_camids'])
+
+
+def test_cli_rerank_matches_the_authors_algorithm(tmp_path):
+  feats = _features(seed=2, num_q=30, num_g=120)
+  path = str(tmp_path / 'f.npz')
+  np.savez(path, **feats)
+  proc = _cli(path, '--rerank', '--k1=8', '--k2=3', '--lambda=0.2')
+  assert proc.returncode == 0, proc.stderr
+  out = json.loads(proc.stdout)
+  for name, r in out.items():
+    want = _reranked_reference(feats, name, 8, 3, 0.2)
+    for key in ('rank1', 'rank5', 'rank10', 'mAP'):
+      assert r[key] == pytest.approx(want[key], abs=1e-6), (name, key)

@@ -187,3 +187,26 @@ def test_trinet_trains_and_reports_its_one_embedding(tmp_path):
   feats = np.load(tmp_path / 'trinet' / 'features.npz')
   assert sorted(k for k in feats.files if k.startswith('query_')) == [
       'query_camids', 'query_pids', 'query_stage4']
+
+
+def test_eval_with_rerank_reports_both_rankings(tmp_path):
+  config = _smoke(tmp_path, num_steps=2)
+  workdir = str(tmp_path / 'rr')
+  train.train_and_evaluate(config, workdir)
+  config.eval.rerank = True
+  config.eval.k1, config.eval.k2 = 6, 2
+  results = train.evaluate_checkpoint(config, workdir)
+  with open(os.path.join(workdir, 'metrics.json')) as f:
+    saved = json.load(f)
+  assert set(saved) == set(EMBEDDINGS) | {'train_loss', 'rerank'}
+  assert set(saved['rerank']) == set(EMBEDDINGS)
+  # The re-ranked figures are those of the shared features-file evaluator
+  # (tests/evaluate_features_test.py checks it against the authors' code).
+  from dare_jax.evaluation import features as features_lib  # pylint: disable=g-import-not-at-top
+  feats = features_lib.load_features(os.path.join(workdir, 'features.npz'))
+  want = features_lib.evaluate_features_file(feats, rerank=True, k1=6, k2=2,
+                                             lambda_value=0.3)
+  for name in EMBEDDINGS:
+    assert saved['rerank'][name]['mAP'] == pytest.approx(
+        want[name]['mAP'], abs=1e-9)
+    assert results['rerank'][name]['rank1'] == want[name]['rank1']

@@ -112,11 +112,15 @@ def exit_costs(model, input_hw: Sequence[int]) -> dict[str, int]:
   Returns:
     {'stage1', 'stage2', 'stage3', 'stage4', 'fused': int}: stage s is the
     num_exits=s forward (stages and heads 1..s); fused is the full forward
-    plus 4 x embedding_dim Mul-Adds of the weighted sum.
+    plus 4 x embedding_dim Mul-Adds of the weighted sum. A TriNet
+    (model.trinet) has {'stage4': its full forward} only.
   """
   h, w = (int(v) for v in input_hw)
   x = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
   variables = _abstract_variables(model, x)
+  if getattr(model, 'trinet', False):
+    # A TriNet answers once, after the full backbone and its one head.
+    return {'stage4': count_macs(model.apply, variables, x)}
   out = {}
   for s, name in enumerate(STAGES, start=1):
     out[name] = count_macs(

@@ -1,0 +1,25 @@
+r"""TriNets on the synthetic dataset: the anytime baseline at CPU scale.
+
+The paper's baseline is a sequential ensemble of separately trained
+ResNet-18, -34 and -50 TriNets. The synthetic DaRe (configs/synthetic.py) is
+a 1-block-per-stage basic ResNet at width 16, so its ensemble here is three
+TriNets of that layout at widths 8 (s), 12 (m) and 16 (l): the largest has
+exactly the DaRe's backbone, as ResNet-50 is DaRe's in the paper.
+
+  python -m dare_jax.main --config=configs/trinet_synthetic.py:s \
+      --workdir=runs/trinet_s
+"""
+
+from configs import synthetic
+
+WIDTHS = {'s': 8, 'm': 12, 'l': 16}
+
+
+def get_config(variant: str = 'l'):
+  if variant not in WIDTHS:
+    raise ValueError(f'configs/trinet_synthetic.py: variant {variant!r}; '
+                     f'use one of {sorted(WIDTHS)}.')
+  c = synthetic.get_config()
+  c.model.heads = 'trinet'
+  c.model.width = WIDTHS[variant]
+  return c

@@ -1,0 +1,47 @@
+r"""The resource report of a trained DaRe, with a TriNet ensemble beside it.
+
+  python -m dare_jax.tools.resource_report --config=configs/synthetic.py \
+      --workdir=runs/synthetic \
+      --baseline=configs/trinet_synthetic.py:s@runs/trinet_s \
+      --baseline=configs/trinet_synthetic.py:m@runs/trinet_m \
+      --baseline=configs/trinet_synthetic.py:l@runs/trinet_l
+
+Each workdir must hold features.npz (written by train, eval or export).
+Writes budget_report.json and fig3/5/6/7/8 PNGs into --workdir and prints a
+summary; `python -m dare_jax.main --mode=budget` is the same without the
+baselines.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from dare_jax import errors
+from dare_jax.budget import report
+
+config_flags.DEFINE_config_file('config', None, 'The DaRe run\'s config.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'The DaRe run (features.npz).')
+flags.DEFINE_multi_string('baseline', [],
+                          'CONFIG.py[:VARIANT]@WORKDIR of a trained TriNet, '
+                          'in the ensemble\'s order (cheapest first).')
+flags.mark_flags_as_required(['config', 'workdir'])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    baselines = [report.parse_baseline(b) for b in FLAGS.baseline]
+    result = report.resource_report(FLAGS.config, FLAGS.workdir, baselines)
+  except errors.UserError as e:
+    logging.error('%s', e)
+    raise SystemExit(f'error: {e}') from None
+  for line in report.summary_lines(result):
+    print(line)
+
+
+if __name__ == '__main__':
+  app.run(main)
