@@ -11,13 +11,14 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  # --- model: a ResNet in the torchvision ("v1.5") layout with 4 exit heads.
+  # --- model: a torchvision-layout backbone with 4 exit heads and a fusion.
   c.model = ml_collections.ConfigDict()
-  c.model.backbone = 'resnet'
+  c.model.backbone = 'resnet'  # or 'densenet' (DaRe(De))
   # 'dare': an exit head per stage and the learnt fusion; 'trinet': the
   # stage-4 head only (Hermans et al.), the anytime baseline's members.
   c.model.heads = 'dare'
-  c.model.depth = 50  # 18, 34 (basic blocks), 50, 101 (bottlenecks); 0 = custom
+  c.model.depth = 50  # resnet: 18, 34 (basic), 50, 101 (bottleneck), 0 =
+  #                     custom; densenet: 121, 169, 201, 161
   c.model.stage_sizes = ()  # custom blocks per stage, used when depth == 0
   c.model.block = 'bottleneck'  # custom block type, used when depth == 0
   c.model.width = 64  # channels of the stem; stage s has width * 2**(s-1)
@@ -30,7 +31,12 @@ def get_config():
   c.model.bn_momentum = 0.9
   c.model.bn_epsilon = 1e-5
   c.model.dtype = 'float32'  # compute dtype; parameters stay float32
-  c.model.pretrained = ''  # backbone weights file (the weight-import issue)
+  # Weights file (torchvision .pth, or .npz with PyTorch names; see
+  # dare_jax/models/weights.py) for the backbone; the exit heads and fusion
+  # start fresh unless pretrained_heads (the file is a whole DaRe, e.g. the
+  # authors' released checkpoint).
+  c.model.pretrained = ''
+  c.model.pretrained_heads = False
 
   # --- loss: batch-hard soft-margin triplet loss (Hermans et al. 2017).
   c.loss = ml_collections.ConfigDict()

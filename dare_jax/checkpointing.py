@@ -18,7 +18,8 @@ import orbax.checkpoint as ocp
 from dare_jax.errors import CheckpointError
 
 # Fields of config.model that do not change the parameter tree.
-_NOT_ARCHITECTURE = ('pretrained', 'dtype', 'fusion_init_low',
+_NOT_ARCHITECTURE = ('pretrained', 'pretrained_heads', 'dtype',
+                     'fusion_init_low',
                      'fusion_init_high', 'bn_momentum')
 
 

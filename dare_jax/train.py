@@ -257,17 +257,33 @@ class Setup:
 
   def restore_or_init(self, mngr):
     """Resume order: the latest checkpoint in workdir > model.pretrained
-    (backbone only, with the weight-import issue) > fresh initialisation."""
+    (a torchvision backbone file, .pth or its .npz; the whole DaRe network
+    when model.pretrained_heads is on; see models/weights.py) > fresh
+    initialisation."""
     restored = self.restore_latest(mngr)
     if restored is not None:
       logging.info('Resuming from %s at step %d.', mngr.directory,
                    int(restored[0].step))
       return restored
-    if self.config.model.pretrained:
-      raise errors.ConfigError(
-          'model.pretrained: weight import comes with the weight-import '
-          'issue; leave it empty for now.')
-    return init_state(self.config, self.model, self.tx, self.mesh), {}
+    state = init_state(self.config, self.model, self.tx, self.mesh)
+    path = self.config.model.pretrained
+    if path:
+      from dare_jax.models import weights  # pylint: disable=g-import-not-at-top
+      host = jax.device_get({'params': state.params,
+                             'batch_stats': state.batch_stats})
+      if self.config.model.pretrained_heads:
+        loaded = weights.load_dare_checkpoint(path, host)
+        what = 'backbone, exit heads and fusion'
+      else:
+        loaded = dict(zip(('params', 'batch_stats'), weights.load_backbone(
+            path, host['params'], host['batch_stats'])))
+        what = 'backbone'
+      loaded = jax.device_put(loaded, replicated(self.mesh))
+      # Adam's moments start at zero whatever the parameters: opt_state stays.
+      state = state.replace(params=loaded['params'],
+                            batch_stats=loaded['batch_stats'])
+      logging.info('Initialised the %s from %s.', what, path)
+    return state, {}
 
   def variables(self, state):
     return {'params': state.params, 'batch_stats': state.batch_stats}

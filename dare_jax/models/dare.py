@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from dare_jax.errors import ConfigError
+from dare_jax.models import densenet
 from dare_jax.models import resnet
 
 EXITS = ('stage1', 'stage2', 'stage3', 'stage4')
@@ -42,10 +43,17 @@ def uniform_init(low: float, high: float):
 
 
 class DaRe(nn.Module):
-  """images [B, H, W, 3] (normalised) -> {stage1..4, fused: [B, D] float32}."""
+  """images [B, H, W, 3] (normalised) -> {stage1..4, fused: [B, D] float32}.
+
+  backbone 'resnet': block, stage_sizes (blocks per stage), width (stem);
+  'densenet': stage_sizes = layers per dense block, width = stem features,
+  growth_rate (block unused).
+  """
   block: str
   stage_sizes: Sequence[int]
   width: int = 64
+  backbone: str = 'resnet'
+  growth_rate: int = 32
   head_hidden: int = 1024
   embedding_dim: int = 128
   fusion_init_low: float = -0.5
@@ -70,9 +78,13 @@ class DaRe(nn.Module):
       raise ValueError('A TriNet has one exit, after stage 4: num_exits=4.')
     norm = resnet.make_norm(train, self.bn_momentum, self.bn_epsilon,
                             self.bn_axis_name)
-    maps = resnet.ResNet(self.block, self.stage_sizes, self.width, norm=norm,
-                         dtype=self.dtype, name='backbone')(
-                             x.astype(self.dtype), num_stages=num_exits)
+    if self.backbone == 'densenet':
+      net = densenet.DenseNet(self.growth_rate, self.stage_sizes, self.width,
+                              norm=norm, dtype=self.dtype, name='backbone')
+    else:
+      net = resnet.ResNet(self.block, self.stage_sizes, self.width, norm=norm,
+                          dtype=self.dtype, name='backbone')
+    maps = net(x.astype(self.dtype), num_stages=num_exits)
     out = {}
     for name, m in zip(EXITS, maps):
       if self.trinet and name != EXITS[-1]:
@@ -100,12 +112,19 @@ def from_config(model_cfg, bn_axis_name: Optional[str] = None) -> DaRe:
   if model_cfg.heads not in ('dare', 'trinet'):
     raise ConfigError(f"model.heads={model_cfg.heads!r}: use 'dare' (4 exits "
                       "and the fusion) or 'trinet' (the stage-4 head only).")
-  if model_cfg.backbone != 'resnet':
-    raise ConfigError(f'model.backbone={model_cfg.backbone!r}: only "resnet" '
-                     'is implemented.')
-  block, stage_sizes = resnet.resolve_depth(
-      model_cfg.depth, model_cfg.block, model_cfg.stage_sizes)
-  return DaRe(block=block, stage_sizes=stage_sizes, width=model_cfg.width,
+  if model_cfg.backbone == 'densenet':
+    growth_rate, stage_sizes, width = densenet.resolve_depth(model_cfg.depth)
+    block = ''
+  elif model_cfg.backbone == 'resnet':
+    block, stage_sizes = resnet.resolve_depth(
+        model_cfg.depth, model_cfg.block, model_cfg.stage_sizes)
+    growth_rate, width = 0, model_cfg.width
+  else:
+    raise ConfigError(f'model.backbone={model_cfg.backbone!r}: use "resnet" '
+                      '(model.depth 18/34/50/101) or "densenet" (121/169/201/'
+                      '161).')
+  return DaRe(block=block, stage_sizes=stage_sizes, width=width,
+              backbone=model_cfg.backbone, growth_rate=growth_rate,
               head_hidden=model_cfg.head_hidden,
               embedding_dim=model_cfg.embedding_dim,
               fusion_init_low=model_cfg.fusion_init_low,

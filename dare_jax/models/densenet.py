@@ -1,0 +1,130 @@
+"""DenseNet-BC backbones in torchvision's layout, returning 4 stage maps.
+
+Module names follow torchvision's state_dict under `features.` (conv0, norm0,
+denseblock{b}/denselayer{l}/norm1, conv1, norm2, conv2, transition{b}/norm,
+conv, norm5), so a torchvision DenseNet file maps name by name
+(models/weights.py).
+
+The stage maps are what DaRe's exit heads pool, as in the authors' DaRe-D
+(github.com/mileyan/DARENet, models/dare_densenet.py): after dense block
+s = 1..3, ReLU(BN(block output)) with a BatchNorm of the exit's own
+(`exit_norm{s}`, their `avgpool{s-1}.0`; not part of an ImageNet file), taken
+before the transition; after block 4, ReLU(norm5(block output)), the map
+torchvision's classifier pools.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dare_jax.errors import ConfigError
+
+# depth -> (growth rate, layers per block, stem features), torchvision's.
+DEPTHS = {
+    121: (32, (6, 12, 24, 16), 64),
+    169: (32, (6, 12, 32, 32), 64),
+    201: (32, (6, 12, 48, 32), 64),
+    161: (48, (6, 12, 36, 24), 96),
+}
+BN_SIZE = 4  # bottleneck width = BN_SIZE * growth rate
+
+# torchvision: kaiming_normal_ (fan_in) for convs.
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+
+
+def _conv(features, kernel, strides, name, dtype):
+  pad = (kernel - 1) // 2
+  return nn.Conv(features, (kernel, kernel), (strides, strides),
+                 padding=((pad, pad), (pad, pad)), use_bias=False,
+                 kernel_init=conv_init, dtype=dtype, name=name)
+
+
+def resolve_depth(depth: int):
+  if depth not in DEPTHS:
+    raise ConfigError(f'model.depth={depth} is not a DenseNet depth; use one '
+                      f'of {sorted(DEPTHS)} with model.backbone="densenet".')
+  return DEPTHS[depth]
+
+
+def stage_channels(growth_rate: int, block_config: Sequence[int],
+                   num_init_features: int) -> tuple[int, ...]:
+  """Channels of the 4 stage maps (each dense block's output)."""
+  out, c = [], num_init_features
+  for b, n in enumerate(block_config):
+    c += n * growth_rate
+    out.append(c)
+    if b < len(block_config) - 1:
+      c //= 2
+  return tuple(out)
+
+
+class DenseLayer(nn.Module):
+  growth_rate: int
+  norm: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.relu(self.norm(name='norm1')(x))
+    y = _conv(BN_SIZE * self.growth_rate, 1, 1, 'conv1', self.dtype)(y)
+    y = nn.relu(self.norm(name='norm2')(y))
+    y = _conv(self.growth_rate, 3, 1, 'conv2', self.dtype)(y)
+    return jnp.concatenate([x, y], axis=-1)
+
+
+class DenseBlock(nn.Module):
+  num_layers: int
+  growth_rate: int
+  norm: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(self.num_layers):
+      x = DenseLayer(self.growth_rate, self.norm, self.dtype,
+                     name=f'denselayer{i + 1}')(x)
+    return x
+
+
+class Transition(nn.Module):
+  features: int
+  norm: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(self.norm(name='norm')(x))
+    x = _conv(self.features, 1, 1, 'conv', self.dtype)(x)
+    return nn.avg_pool(x, (2, 2), (2, 2))
+
+
+class DenseNet(nn.Module):
+  """Input NHWC float; output the 4 stage maps [B, H/4..H/32, W/.., C_s]."""
+  growth_rate: int
+  block_config: Sequence[int]
+  num_init_features: int = 64
+  norm: Callable[..., nn.Module] = nn.BatchNorm
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, num_stages: int = 4):
+    """The first num_stages stage maps (anytime: later blocks never run)."""
+    x = _conv(self.num_init_features, 7, 2, 'conv0', self.dtype)(x)
+    x = nn.relu(self.norm(name='norm0')(x))
+    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    last = len(self.block_config) - 1
+    maps = []
+    for b, n in enumerate(self.block_config[:num_stages]):
+      x = DenseBlock(n, self.growth_rate, self.norm, self.dtype,
+                     name=f'denseblock{b + 1}')(x)
+      if b == last:
+        maps.append(nn.relu(self.norm(name='norm5')(x)))
+        break
+      maps.append(nn.relu(self.norm(name=f'exit_norm{b + 1}')(x)))
+      if b + 1 < num_stages:
+        x = Transition(x.shape[-1] // 2, self.norm, self.dtype,
+                       name=f'transition{b + 1}')(x)
+    return maps

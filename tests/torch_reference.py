@@ -1,0 +1,289 @@
+"""PyTorch references for the parity tests (tests/weights_test.py).
+
+Written from torchvision's ResNet and the authors' DaRe code
+(github.com/mileyan/DARENet: models/dare_resnet.py, main.py), with their
+parameter names, so a state_dict saved from these modules has the names a
+real torchvision / authors' file has. Imports torch only, never dare_jax.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+DEPTHS = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)),
+          50: ('bottleneck', (3, 4, 6, 3)), 101: ('bottleneck', (3, 4, 23, 3))}
+
+
+class BasicBlock(nn.Module):
+  expansion = 1
+
+  def __init__(self, inplanes, planes, stride=1, downsample=None):
+    super().__init__()
+    self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.downsample = downsample
+
+  def forward(self, x):
+    out = F.relu(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    identity = x if self.downsample is None else self.downsample(x)
+    return F.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+  """torchvision v1.5: the stride sits in the 3x3 conv2."""
+  expansion = 4
+
+  def __init__(self, inplanes, planes, stride=1, downsample=None):
+    super().__init__()
+    self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+    self.bn3 = nn.BatchNorm2d(planes * 4)
+    self.downsample = downsample
+
+  def forward(self, x):
+    out = F.relu(self.bn1(self.conv1(x)))
+    out = F.relu(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(out))
+    identity = x if self.downsample is None else self.downsample(x)
+    return F.relu(out + identity)
+
+
+BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
+
+
+class ResNet(nn.Module):
+  """torchvision's ResNet (names conv1, bn1, layer1..4, fc); forward returns
+  the 4 stage maps [B, C, H, W]."""
+
+  def __init__(self, depth: int, num_classes: int = 1000):
+    super().__init__()
+    block_name, layers = DEPTHS[depth]
+    block = BLOCKS[block_name]
+    self.inplanes = 64
+    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+    self.bn1 = nn.BatchNorm2d(64)
+    self.maxpool = nn.MaxPool2d(3, 2, 1)
+    self.layer1 = self._make_layer(block, 64, layers[0])
+    self.layer2 = self._make_layer(block, 128, layers[1], 2)
+    self.layer3 = self._make_layer(block, 256, layers[2], 2)
+    self.layer4 = self._make_layer(block, 512, layers[3], 2)
+    self.fc = nn.Linear(512 * block.expansion, num_classes)
+
+  def _make_layer(self, block, planes, blocks, stride=1):
+    downsample = None
+    if stride != 1 or self.inplanes != planes * block.expansion:
+      downsample = nn.Sequential(
+          nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride,
+                    bias=False),
+          nn.BatchNorm2d(planes * block.expansion))
+    layers = [block(self.inplanes, planes, stride, downsample)]
+    self.inplanes = planes * block.expansion
+    layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+    return nn.Sequential(*layers)
+
+  def stages(self, x):
+    x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+    maps = []
+    for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+      x = layer(x)
+      maps.append(x)
+    return maps
+
+  def forward(self, x):
+    return self.stages(x)
+
+
+class DaReNet(ResNet):
+  """The authors' DaRe ResNet (models/dare_resnet.py): the backbone at the top
+  level, layer{s}_fc heads and a Conv1d fusion; eval mode returns
+  (x1, x2, x3, x4, fused) like their gen_stage_features=True.
+
+  Their head BatchNorm is nn.BatchNorm2d applied to [B, 1024] (PyTorch 0.3
+  allowed it); BatchNorm1d has the same parameters and eval-mode function.
+  Their GAP is AvgPool2d with the map's full size: gap = input / 32.
+  """
+
+  def __init__(self, depth: int = 50, gap=(2, 1), fc1=1024, fc2=128,
+               drop_rate=0.):
+    super().__init__(depth)
+    del self.fc
+    exp = 4 if DEPTHS[depth][0] == 'bottleneck' else 1
+    for s in range(1, 5):
+      c = 64 * 2**(s - 1) * exp
+      setattr(self, f'layer{s}_fc', nn.Sequential(
+          nn.Linear(c, fc1), nn.BatchNorm1d(fc1), nn.ReLU(inplace=True),
+          nn.Dropout(p=drop_rate), nn.Linear(fc1, fc2)))
+      setattr(self, f'avgpool{s}',
+              nn.AvgPool2d([g * 2**(4 - s) for g in gap]))
+    self.fusion_conv = nn.Conv1d(4, 1, kernel_size=1, bias=False)
+
+  def forward(self, x):
+    outs = []
+    for s, m in enumerate(self.stages(x), 1):
+      m = getattr(self, f'avgpool{s}')(m)
+      outs.append(getattr(self, f'layer{s}_fc')(m.view(m.size(0), -1)))
+    x5 = self.fusion_conv(torch.stack(outs, dim=1))
+    return tuple(outs) + (x5.view(x5.size(0), -1),)
+
+
+def randomize_(model: nn.Module, generator: torch.Generator) -> nn.Module:
+  """Random weights AND BatchNorm running statistics (eval-mode BN is then
+  a non-trivial affine map), in place; scaled so that activations stay O(1)
+  through 50 layers."""
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear)):
+        fan_in = m.weight[0].numel()
+        m.weight.normal_(0., (1. / fan_in) ** 0.5, generator=generator)
+        if m.bias is not None:
+          m.bias.normal_(0., 0.1, generator=generator)
+      elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        m.weight.uniform_(0.5, 1.5, generator=generator)
+        m.bias.normal_(0., 0.1, generator=generator)
+        m.running_mean.normal_(0., 0.1, generator=generator)
+        m.running_var.uniform_(0.5, 2.0, generator=generator)
+        m.num_batches_tracked.fill_(1234)
+  return model
+
+
+def trinet_loss(features, num_sample_persons, num_sample_imgs, margin=0.,
+                eps=1e-8, mean_loss=True):
+  """The authors' OptiHardTripletLoss (main.py), as they train (margin 0,
+  --mean_loss): Gram-matrix distances sqrt(|a|^2 + |b|^2 - 2 a.b + eps),
+  hardest positive = max over the anchor's own K images (itself included:
+  D(a, a) = sqrt(eps)), hardest negative = min over the others, softplus.
+  The batch must be P x K contiguous by identity."""
+  d = features.mm(features.transpose(-2, -1))
+  norms = d.diag().expand(features.size(0), features.size(0))
+  d = torch.sqrt(norms + norms.transpose(-2, -1) - 2. * d + eps)
+  k = num_sample_imgs
+  losses = []
+  for i in range(d.size(0)):
+    pid = i // k
+    pos = torch.max(d[i][pid * k:(pid + 1) * k])
+    neg = torch.min(torch.cat((d[i][:pid * k], d[i][(pid + 1) * k:])))
+    losses.append(F.softplus(margin + pos - neg))
+  total = sum(losses)
+  return total / float(features.size(0)) if mean_loss else total
+
+
+# ------------------------------------------------------------- DenseNet.
+
+DENSENET_DEPTHS = {121: (32, (6, 12, 24, 16), 64), 169: (32, (6, 12, 32, 32), 64),
+                   201: (32, (6, 12, 48, 32), 64), 161: (48, (6, 12, 36, 24), 96)}
+
+
+class _DenseLayer(nn.Module):
+  def __init__(self, c_in, growth, bn_size=4):
+    super().__init__()
+    self.norm1 = nn.BatchNorm2d(c_in)
+    self.conv1 = nn.Conv2d(c_in, bn_size * growth, 1, bias=False)
+    self.norm2 = nn.BatchNorm2d(bn_size * growth)
+    self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, 1, 1, bias=False)
+
+  def forward(self, x):
+    y = self.conv1(F.relu(self.norm1(x)))
+    y = self.conv2(F.relu(self.norm2(y)))
+    return torch.cat([x, y], 1)
+
+
+class _Transition(nn.Sequential):
+  def __init__(self, c_in, c_out):
+    super().__init__()
+    self.add_module('norm', nn.BatchNorm2d(c_in))
+    self.add_module('relu', nn.ReLU())
+    self.add_module('conv', nn.Conv2d(c_in, c_out, 1, bias=False))
+    self.add_module('pool', nn.AvgPool2d(2, 2))
+
+
+class DenseNet(nn.Module):
+  """torchvision's DenseNet-BC names (features.*, classifier); `blocks(x)`
+  returns each dense block's output and norm5's."""
+
+  def __init__(self, depth: int):
+    super().__init__()
+    growth, config, c = DENSENET_DEPTHS[depth]
+    self.features = nn.Sequential()
+    self.features.add_module('conv0', nn.Conv2d(3, c, 7, 2, 3, bias=False))
+    self.features.add_module('norm0', nn.BatchNorm2d(c))
+    self.features.add_module('relu0', nn.ReLU())
+    self.features.add_module('pool0', nn.MaxPool2d(3, 2, 1))
+    self.block_channels = []
+    for b, n in enumerate(config):
+      block = nn.Sequential()
+      for i in range(n):
+        block.add_module(f'denselayer{i + 1}', _DenseLayer(c + i * growth,
+                                                           growth))
+      self.features.add_module(f'denseblock{b + 1}', block)
+      c += n * growth
+      self.block_channels.append(c)
+      if b < len(config) - 1:
+        self.features.add_module(f'transition{b + 1}',
+                                 _Transition(c, c // 2))
+        c //= 2
+    self.features.add_module('norm5', nn.BatchNorm2d(c))
+    self.classifier = nn.Linear(c, 1000)
+
+  def blocks(self, x):
+    outs = []
+    for name, m in self.features.named_children():
+      x = m(x)
+      if name.startswith('denseblock') and name != 'denseblock4':
+        outs.append(x)
+    outs.append(x)  # after norm5
+    return outs
+
+
+class DaReDenseNet(DenseNet):
+  """The authors' DaRe-D (models/dare_densenet.py): avgpool{i} =
+  (BatchNorm2d, ReLU, AvgPool2d) after dense blocks 1..3, ReLU(norm5) after
+  block 4, layer_fc{i} heads, Conv1d fusion. Their dense layers name their
+  modules 'norm.1', 'conv.1', ... (which PyTorch 2 refuses), so the file
+  written by `authors_state_dict` renames ours back to that spelling."""
+
+  def __init__(self, depth: int = 121, gap=(2, 1), fc1=1024, fc2=128):
+    super().__init__(depth)
+    del self.classifier
+    for i, c in enumerate(self.block_channels):
+      setattr(self, f'layer_fc{i}', nn.Sequential(
+          nn.Linear(c, fc1), nn.BatchNorm1d(fc1), nn.ReLU(), nn.Dropout(0.),
+          nn.Linear(fc1, fc2)))
+      pool = nn.AvgPool2d([g * 2**(3 - i) for g in gap])
+      if i < 3:
+        setattr(self, f'avgpool{i}', nn.Sequential(
+            nn.BatchNorm2d(c), nn.ReLU(), pool))
+      else:
+        self.avgpool3 = pool
+    self.fusion_conv = nn.Conv1d(4, 1, kernel_size=1, bias=False)
+
+  def stage_maps(self, x):
+    """The maps the heads pool (before AvgPool)."""
+    outs = self.blocks(x)
+    maps = [F.relu(getattr(self, f'avgpool{i}')[0](m))
+            for i, m in enumerate(outs[:3])]
+    return maps + [F.relu(outs[3])]
+
+  def forward(self, x):
+    outs = []
+    for i, m in enumerate(self.stage_maps(x)):
+      pool = getattr(self, f'avgpool{i}')
+      pool = pool[2] if i < 3 else pool
+      p = pool(m)
+      outs.append(getattr(self, f'layer_fc{i}')(p.view(p.size(0), -1)))
+    x5 = self.fusion_conv(torch.stack(outs, dim=1))
+    return tuple(outs) + (x5.view(x5.size(0), -1),)
+
+
+def authors_state_dict(net: nn.Module) -> dict:
+  """net.state_dict() with dense layers spelled 'norm.1', 'conv.2', ..."""
+  import re  # pylint: disable=g-import-not-at-top
+  pat = re.compile(r'(denselayer\d+\.(?:norm|conv))([12])\.')
+  return {pat.sub(r'\1.\2.', k): v for k, v in net.state_dict().items()}
