@@ -393,18 +393,19 @@ def easy_hard(easy: Sequence[Mapping], hard: Sequence[Mapping], out_png: str,
             ('hard: only the last exit is correct', list(hard)))
   n_rows = max([1] + [sum(len(it['rows']) for it in g) for _, g in groups])
   fig = plt.figure(figsize=(2 * (1.0 * (k + 1) + 1.2),
-                            1.75 * n_rows + 1.0))
+                            1.75 * n_rows + 1.3))
   subs = fig.subfigures(1, 2, wspace=0.02)
+  height = fig.get_figheight()
   for sub, (title, items) in zip(subs, groups):
-    sub.suptitle(title, fontsize=10, fontweight='bold')
+    sub.suptitle(title, fontsize=10, fontweight='bold',
+                 y=1 - 0.12 / height, va='top')
     if not items or not any(it['rows'] for it in items):
       ax = sub.add_subplot()
       _hide_axes(ax)
       ax.text(0.5, 0.5, 'none', ha='center', va='center', fontsize=14,
               color='gray')
     else:
-      height = fig.get_figheight()
       _rank_rows(sub, items, k,
                  [_query_title(it, i) for i, it in enumerate(items)],
-                 top=1 - 0.85 / height, bottom=0.1 / height, n_rows=n_rows)
+                 top=1 - 1.1 / height, bottom=0.1 / height, n_rows=n_rows)
   _save(plt, fig, out_png)
