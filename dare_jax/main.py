@@ -41,8 +41,7 @@ def _quiet_orbax(record) -> bool:
 
 def _budget_report(config, workdir):
   from dare_jax.budget import report  # pylint: disable=g-import-not-at-top
-  for line in report.summary_lines(report.resource_report(config, workdir)):
-    logging.info('%s', line)
+  report.budget_mode(config, workdir)
 
 
 def main(argv):

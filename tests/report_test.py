@@ -10,7 +10,6 @@ from PIL import Image
 
 from configs import smoke
 from dare_jax import errors
-from dare_jax import main
 from dare_jax import train
 from dare_jax.budget import costs
 from dare_jax.budget import report
@@ -80,6 +79,6 @@ def test_main_budget_mode_and_trinet_refusal(runs):
   config, workdir = runs['dare']
   config = config.copy_and_resolve_references()
   config.budget.num_budgets = 3
-  main._budget_report(config, workdir)  # pylint: disable=protected-access
+  report.budget_mode(config, workdir)
   with open(os.path.join(workdir, report.REPORT)) as f:
     assert list(json.load(f)['anytime']) == ['DaRe']

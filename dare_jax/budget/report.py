@@ -261,3 +261,11 @@ def summary_lines(report: dict) -> list[str]:
       cells.append(f'B {b / 1e6:.2f}M rank1 {rank1}')
     lines.append(f'stream {routing}: ' + ', '.join(cells))
   return lines
+
+
+def budget_mode(config, workdir: str) -> dict:
+  """--mode=budget: the report without baselines, summarised in the log."""
+  result = resource_report(config, workdir)
+  for line in summary_lines(result):
+    logging.info('%s', line)
+  return result
