@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import time
 from typing import Any, Callable
 
 from absl import logging
@@ -31,7 +30,6 @@ from dare_jax import losses
 from dare_jax import optim
 from dare_jax import plots
 from dare_jax import reporting
-from dare_jax.data import augment
 from dare_jax.data import datasets
 from dare_jax.data import device_ops
 from dare_jax.evaluation import embed as embed_lib

@@ -48,7 +48,7 @@ cost and fractions only, as the metrics leave it out).
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 

@@ -24,15 +24,14 @@ wrongly shaped key. OUT_DIR receives:
 Prints one JSON object to stdout: {"npz", "checkpoint", "loaded", "step"}.
 """
 
-import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from dare_jax import errors
+from dare_jax.tools import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.',
@@ -94,14 +93,8 @@ def main(argv):
     raise app.UsageError('Usage: python -m dare_jax.tools.convert_weights IN '
                          'OUT_DIR --config=configs/X.py [--full] '
                          '[--prefix=P]')
-  try:
-    out = convert(FLAGS.config, argv[1], argv[2], FLAGS.full, FLAGS.prefix)
-  except (errors.UserError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  json.dump(out, sys.stdout)
-  sys.stdout.write('\n')
-  return 0
+  return cli.emit_json(lambda: convert(FLAGS.config, argv[1], argv[2],
+                                      FLAGS.full, FLAGS.prefix))
 
 
 if __name__ == '__main__':

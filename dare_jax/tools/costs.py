@@ -9,14 +9,12 @@ cumulative per exit (see dare_jax/budget/costs.py for what is counted).
 The numbers come from tracing the model; nothing is initialised or run.
 """
 
-import json
-import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dare_jax import errors
+from dare_jax.tools import cli
 from dare_jax.budget import costs
 
 FLAGS = flags.FLAGS
@@ -28,14 +26,7 @@ flags.mark_flags_as_required(['config'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    out = costs.config_exit_costs(FLAGS.config)
-  except (errors.UserError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  json.dump(out, sys.stdout)
-  sys.stdout.write('\n')
-  return 0
+  return cli.emit_json(lambda: costs.config_exit_costs(FLAGS.config))
 
 
 if __name__ == '__main__':

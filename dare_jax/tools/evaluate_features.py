@@ -10,13 +10,11 @@ with fractions in [0, 1]. The file may come from any framework; its schema
 is in dare_jax/evaluation/features.py. Logs go to stderr.
 """
 
-import json
-import sys
 
 from absl import app
 from absl import flags
 
-from dare_jax import errors
+from dare_jax.tools import cli
 from dare_jax.evaluation import features as features_lib
 from dare_jax.evaluation import metrics
 
@@ -40,22 +38,16 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError('Usage: python -m dare_jax.tools.evaluate_features '
                          'FEATURES.npz [--flags]')
-  try:
+  def compute():
     feats = features_lib.load_features(argv[1])
     results = features_lib.evaluate_features_file(
         feats, metric=FLAGS.metric, normalize=FLAGS.normalize, ap=FLAGS.ap,
         ranks=(1, 5, 10), rerank=FLAGS.rerank, k1=FLAGS.k1, k2=FLAGS.k2,
         lambda_value=FLAGS['lambda'].value)
-  except (errors.UserError, ValueError) as e:
-    # Bad files and options are the user's to fix: one line, no traceback.
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  out = {name: {k: r[k] for k in features_lib.REPORTED}
-         for name, r in results.items()}
-  json.dump(out, sys.stdout, indent=2)
-  sys.stdout.write('\n')
-  return 0
-
+    return {name: {k: r[k] for k in features_lib.REPORTED}
+            for name, r in results.items()}
+  # Bad files and options are the user's to fix: one line, no traceback.
+  return cli.emit_json(compute, indent=2)
 
 if __name__ == '__main__':
   app.run(main)

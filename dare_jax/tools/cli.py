@@ -1,0 +1,20 @@
+"""What the JSON-printing tools share: one object on stdout, or one line
+`error: ...` on stderr and exit status 1 for anything the user can fix."""
+
+import json
+import sys
+from typing import Any, Callable
+
+from dare_jax import errors
+
+
+def emit_json(compute: Callable[[], Any], indent=None) -> int:
+  """Runs compute() and prints its result as JSON; returns the exit status."""
+  try:
+    out = compute()
+  except (errors.UserError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  json.dump(out, sys.stdout, indent=indent)
+  sys.stdout.write('\n')
+  return 0
