@@ -3,7 +3,8 @@
 Written from torchvision's ResNet and the authors' DaRe code
 (github.com/mileyan/DARENet: models/dare_resnet.py, main.py), with their
 parameter names, so a state_dict saved from these modules has the names a
-real torchvision / authors' file has. Imports torch only, never dare_jax.
+real torchvision / authors' file has, and torchvision's TenCrop as the
+authors evaluate. Imports torch only, never dare_jax.
 """
 
 from __future__ import annotations
@@ -61,21 +62,27 @@ BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
 
 class ResNet(nn.Module):
   """torchvision's ResNet (names conv1, bn1, layer1..4, fc); forward returns
-  the 4 stage maps [B, C, H, W]."""
+  the 4 stage maps [B, C, H, W].
 
-  def __init__(self, depth: int, num_classes: int = 1000):
+  depth 0 builds a custom one with the same names: `block` ('basic' or
+  'bottleneck'), `layers` (blocks per stage) and stem `width` (torchvision's
+  64), stage s having width * 2**(s-1) planes (dare_jax's model.depth=0).
+  """
+
+  def __init__(self, depth: int, num_classes: int = 1000, width: int = 64,
+               block: str = '', layers=()):
     super().__init__()
-    block_name, layers = DEPTHS[depth]
+    block_name, layers = DEPTHS[depth] if depth else (block, tuple(layers))
     block = BLOCKS[block_name]
-    self.inplanes = 64
-    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-    self.bn1 = nn.BatchNorm2d(64)
+    self.inplanes = width
+    self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
     self.maxpool = nn.MaxPool2d(3, 2, 1)
-    self.layer1 = self._make_layer(block, 64, layers[0])
-    self.layer2 = self._make_layer(block, 128, layers[1], 2)
-    self.layer3 = self._make_layer(block, 256, layers[2], 2)
-    self.layer4 = self._make_layer(block, 512, layers[3], 2)
-    self.fc = nn.Linear(512 * block.expansion, num_classes)
+    self.layer1 = self._make_layer(block, width, layers[0])
+    self.layer2 = self._make_layer(block, width * 2, layers[1], 2)
+    self.layer3 = self._make_layer(block, width * 4, layers[2], 2)
+    self.layer4 = self._make_layer(block, width * 8, layers[3], 2)
+    self.fc = nn.Linear(width * 8 * block.expansion, num_classes)
 
   def _make_layer(self, block, planes, blocks, stride=1):
     downsample = None
@@ -112,12 +119,12 @@ class DaReNet(ResNet):
   """
 
   def __init__(self, depth: int = 50, gap=(2, 1), fc1=1024, fc2=128,
-               drop_rate=0.):
-    super().__init__(depth)
+               drop_rate=0., width: int = 64, block: str = '', layers=()):
+    super().__init__(depth, width=width, block=block, layers=layers)
     del self.fc
-    exp = 4 if DEPTHS[depth][0] == 'bottleneck' else 1
+    exp = self.layer1[0].expansion
     for s in range(1, 5):
-      c = 64 * 2**(s - 1) * exp
+      c = width * 2**(s - 1) * exp
       setattr(self, f'layer{s}_fc', nn.Sequential(
           nn.Linear(c, fc1), nn.BatchNorm1d(fc1), nn.ReLU(inplace=True),
           nn.Dropout(p=drop_rate), nn.Linear(fc1, fc2)))
@@ -173,6 +180,45 @@ def trinet_loss(features, num_sample_persons, num_sample_imgs, margin=0.,
     losses.append(F.softplus(margin + pos - neg))
   total = sum(losses)
   return total / float(features.size(0)) if mean_loss else total
+
+
+# ------------------------------------------- test-time augmentation.
+
+def five_crop(img: torch.Tensor, size) -> list:
+  """torchvision.transforms.functional.five_crop on [..., H, W]: (top-left,
+  top-right, bottom-left, bottom-right, centre); the centre's offsets are
+  center_crop's int(round((H - h) / 2.0)), int(round((W - w) / 2.0))."""
+  ch, cw = size
+  h, w = img.shape[-2:]
+  top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+  return [img[..., :ch, :cw], img[..., :ch, w - cw:],
+          img[..., h - ch:, :cw], img[..., h - ch:, w - cw:],
+          img[..., top:top + ch, left:left + cw]]
+
+
+def ten_crop(img: torch.Tensor, size) -> list:
+  """torchvision's ten_crop(img, size, vertical_flip=False): five_crop of
+  the image, then five_crop of the horizontally flipped IMAGE."""
+  return five_crop(img, size) + five_crop(torch.flip(img, [-1]), size)
+
+
+def tta_embeddings(net: nn.Module, images_NxHxWx3: torch.Tensor, size,
+                   mean, std, batch_size: int = 64) -> list:
+  """The authors' test-time embedding: uint8 images (already resized) ->
+  TenCrop -> ToTensor (/255) -> Normalize(mean, std) -> net on the 10 views
+  -> mean over the views, per output. Returns net's outputs, [N, D] each."""
+  mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+  std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+  outs = []
+  for lo in range(0, len(images_NxHxWx3), batch_size):
+    x = images_NxHxWx3[lo:lo + batch_size].permute(0, 3, 1, 2)
+    views = torch.stack(ten_crop(x, size), dim=1)  # [B, 10, 3, h, w]
+    b, v = views.shape[:2]
+    views = (views.float().div(255.) - mean) / std
+    with torch.no_grad():
+      y = net(views.reshape((b * v,) + views.shape[2:]))
+    outs.append([e.reshape(b, v, -1).mean(1) for e in y])
+  return [torch.cat(parts).numpy() for parts in zip(*outs)]
 
 
 # ------------------------------------------------------------- DenseNet.

@@ -23,6 +23,7 @@ from configs import smoke
 from dare_jax import errors
 from dare_jax import losses
 from dare_jax.models import dare
+from dare_jax.models import densenet
 from dare_jax.models import resnet
 from dare_jax.models import weights
 
@@ -30,9 +31,9 @@ H, W = 64, 32  # small input; the stage-4 map is 2 x 1
 REL = 1e-5
 
 
-def _model(depth, heads='dare'):
+def _model(depth, heads='dare', backbone='resnet'):
   c = default.get_config().model
-  c.depth, c.heads = depth, heads
+  c.depth, c.heads, c.backbone = depth, heads, backbone
   return dare.from_config(c)
 
 
@@ -51,11 +52,12 @@ def _rel_err(got, want):
   return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
 
 
-@pytest.fixture(scope='module')
-def forward50():
-  """A jitted (variables, x) -> (embeddings, 4 stage maps) of DaRe-R50."""
-  model = _model(50)
-  is_backbone = lambda mdl, _: isinstance(mdl, resnet.ResNet)
+def _forward(model):
+  """A jitted eval-mode (variables, x) -> (embeddings, the 4 stage maps the
+  exit heads pool), the maps captured from the 'backbone' submodule's
+  output, at 'highest' matmul precision."""
+  is_backbone = lambda mdl, _: isinstance(mdl, (resnet.ResNet,
+                                                densenet.DenseNet))
 
   @jax.jit
   def fwd(variables, x):
@@ -66,7 +68,14 @@ def forward50():
   def run(variables, x):
     with jax.default_matmul_precision('highest'):
       return jax.device_get(fwd(variables, x))
-  return model, run
+  return run
+
+
+@pytest.fixture(scope='module')
+def forward50():
+  """DaRe-R50 and its jitted (variables, x) -> (embeddings, stage maps)."""
+  model = _model(50)
+  return model, _forward(model)
 
 
 # --------------------------------------------------------------- parity.
@@ -448,28 +457,6 @@ def test_convert_weights_cli_reports_a_bad_file_in_one_line(tmp_path):
 
 # ------------------------------------------------------------- DenseNet.
 
-def _densenet_dare(depth):
-  """DaRe-D for the tests: models/dare.py wires only ResNets so far, so the
-  exits are composed here from dare.ExitHead, as DaRe composes them."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from dare_jax.models import densenet  # pylint: disable=g-import-not-at-top
-  growth, blocks, stem = densenet.resolve_depth(depth)
-
-  class DaReD(nn.Module):
-
-    @nn.compact
-    def __call__(self, x):
-      norm = resnet.make_norm(False, 0.9, 1e-5, None)
-      maps = densenet.DenseNet(growth, blocks, stem, norm=norm,
-                               name='backbone')(x)
-      out = {name: dare.ExitHead(1024, 128, norm, name=f'exit{s}')(m)
-             for s, (name, m) in enumerate(zip(dare.EXITS, maps), 1)}
-      w = self.param('fusion', nn.initializers.zeros, (4,))
-      out['fused'] = sum(w[s] * out[n] for s, n in enumerate(dare.EXITS))
-      return out, maps
-  return DaReD()
-
-
 # torchvision's published parameter counts minus the 1000-way classifier.
 TORCHVISION_DENSENET_NO_FC = {121: 7_978_856 - 1_025_000,
                               169: 14_149_480 - 1_665_000,
@@ -479,8 +466,7 @@ TORCHVISION_DENSENET_NO_FC = {121: 7_978_856 - 1_025_000,
 
 @pytest.mark.parametrize('depth', [121, 169, 201, 161])
 def test_densenet_parameter_count_matches_torchvision(depth):
-  from dare_jax.models import densenet  # pylint: disable=g-import-not-at-top
-  model = _densenet_dare(depth)
+  model = _model(depth, backbone='densenet')
   v = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                         jnp.zeros((1, H, W, 3))))
   bb = dict(v['params']['backbone'])
@@ -513,15 +499,10 @@ def densenet_nets(tmp_path_factory):
   torch.save({'arch': 'dare_D', 'state_dict': {
       'module.' + k: v for k, v in tr.authors_state_dict(net).items()}},
              dare_path)
-  model = _densenet_dare(121)
-  fwd = jax.jit(model.apply)
-
-  def run(variables, x_nhwc):
-    with jax.default_matmul_precision('highest'):
-      return jax.device_get(fwd(variables, x_nhwc))
+  model = _model(121, backbone='densenet')
   return dict(x=x.permute(0, 2, 3, 1).numpy(), tv_norm5=tv_norm5, maps=maps,
               embs=embs, tv_path=tv_path, dare_path=dare_path, model=model,
-              run=run)
+              run=_forward(model))
 
 
 def test_torchvision_densenet121_file_loads_and_matches_pytorch(
@@ -553,3 +534,135 @@ def test_authors_dare_densenet_checkpoint_embeddings_equal_pytorch(
     assert _rel_err(got, want) <= REL, (s, _rel_err(got, want))
   for name, want in zip(dare.EMBEDDINGS, n['embs']):
     assert _rel_err(out[name], want) <= REL, (name, _rel_err(out[name], want))
+
+
+def _tiny_data_config(tmp_path, input_size=(H, W), resize_factor=1.125):
+  """configs/smoke.py (synthetic data, the tiny basic-block ResNet) with the
+  input size the parity tests use; the dataset is cached under tmp_path."""
+  config = smoke.get_config()
+  config.data.cache_dir = str(tmp_path / 'cache')
+  config.data.input_size = input_size
+  config.data.resize_factor = resize_factor
+  return config
+
+
+def _compile_free_init_state(config, model, tx, mesh):
+  """A stand-in for train.init_state that compiles nothing: the same tree,
+  shapes and (replicated) placement, with Flax's deterministic initial
+  BatchNorm (scale and running variance 1, bias and running mean 0) and
+  zeros elsewhere (the exit heads, fusion and Adam state, which a backbone
+  file does not touch). Compiling DenseNet-201's real init takes ~50 s on
+  2 CPU cores, 4x its forward."""
+  from dare_jax import train  # pylint: disable=g-import-not-at-top
+  abstract = jax.eval_shape(train._init_fn(config, model, tx, mesh))  # pylint: disable=protected-access
+
+  def fill(path, x):
+    names = [getattr(k, 'name', getattr(k, 'key', None)) for k in path]
+    one = names[0] in ('params', 'batch_stats') and names[-1] in ('scale',
+                                                                  'var')
+    return np.full(x.shape, 1 if one else 0, x.dtype)
+  return jax.device_put(jax.tree_util.tree_map_with_path(fill, abstract),
+                        train.replicated(mesh))
+
+
+def test_densenet201_file_through_model_pretrained_equals_pytorch(
+    tmp_path, monkeypatch):
+  """--config.model.backbone=densenet --config.model.depth=201
+  --config.model.pretrained=densenet201.pth: train.Setup.restore_or_init
+  reads torchvision's file, and the model's 4 stage maps equal PyTorch's.
+  (Its fresh initialisation is a compile-free stand-in, see above.)"""
+  torch = pytest.importorskip('torch')
+  from tests import torch_reference as tr  # pylint: disable=g-import-not-at-top
+  from dare_jax import train  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(train, 'init_state', _compile_free_init_state)
+  torch.set_num_threads(2)
+  g = torch.Generator().manual_seed(201)
+  tv = tr.randomize_(tr.DenseNet(201), g).eval()
+  x = torch.randn(2, 3, H, W, generator=g)
+  c_out = tv.block_channels
+  with torch.no_grad():
+    outs = tv.blocks(x)
+    # Exits 1..3 pool ReLU(BN(dense block s)) with the exit's own BN, which
+    # an ImageNet file does not have: it stays freshly initialised (weight
+    # 1, bias 0, running mean 0, running var 1). Exit 4: ReLU(norm5(...)).
+    want = [torch.relu(torch.nn.functional.batch_norm(
+        o, torch.zeros(c), torch.ones(c), eps=1e-5))
+            for o, c in zip(outs[:3], c_out)] + [torch.relu(outs[3])]
+    want = [m.numpy().transpose(0, 2, 3, 1) for m in want]
+  path = str(tmp_path / 'densenet201-c1103571.pth')
+  torch.save(tv.state_dict(), path)
+
+  config = _tiny_data_config(tmp_path)
+  config.model.backbone, config.model.depth = 'densenet', 201
+  config.model.pretrained = path
+  setup = train.Setup(config, str(tmp_path / 'run'))
+  mngr = setup.checkpoint_manager()
+  state, meta = setup.restore_or_init(mngr)
+  mngr.close()
+  assert meta == {} and int(state.step) == 0
+  variables = jax.device_get(setup.variables(state))
+  # Only the backbone came from the file: the heads are as initialised.
+  assert not np.any(variables['params']['exit4']['fc1']['kernel'])
+  assert not np.any(variables['params']['fusion'])
+  _, maps = _forward(setup.model)(variables, x.permute(0, 2, 3, 1).numpy())
+  for s, (got, w) in enumerate(zip(maps, want), 1):
+    assert got.shape == w.shape, (s, got.shape, w.shape)
+    assert _rel_err(got, w) <= REL, (s, _rel_err(got, w))
+
+
+# ------------------------------- the authors' checkpoint through --mode=eval.
+
+def test_authors_checkpoint_converted_and_evaluated_equals_pytorch_tencrop(
+    tmp_path):
+  """checkpoint.pth.tar -> convert_weights --full -> --mode=eval: the
+  features.npz embeddings (10 views averaged) equal the authors' evaluation
+  in PyTorch: the same stored images, torchvision TenCrop, ToTensor,
+  Normalize(ImageNet), their DaRe, the mean over the 10 views."""
+  torch = pytest.importorskip('torch')
+  from tests import torch_reference as tr  # pylint: disable=g-import-not-at-top
+  from dare_jax import train  # pylint: disable=g-import-not-at-top
+  from dare_jax.data import augment  # pylint: disable=g-import-not-at-top
+  from dare_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  from dare_jax.tools import convert_weights  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(2)
+  # Images stored at 70 x 35 (64 x 32 x 1.1): the width margin 3 is odd, so
+  # the flipped image's centre crop (torchvision's view 9) is NOT the mirror
+  # of the centre crop (view 4); the test tells the two apart.
+  input_hw = (H, W)
+  config = _tiny_data_config(tmp_path, input_hw, resize_factor=1.1)
+  m = config.model  # smoke's: basic blocks (1, 1, 1, 1), width 4
+  g = torch.Generator().manual_seed(50)
+  net = tr.randomize_(tr.DaReNet(
+      0, gap=(H // 32, W // 32), fc1=m.head_hidden, fc2=m.embedding_dim,
+      width=m.width, block=m.block, layers=m.stage_sizes), g).eval()
+  src = str(tmp_path / 'checkpoint.pth.tar')
+  torch.save({'iterations': 60000, 'arch': 'dare_R',
+              'state_dict': {'module.' + k: v
+                             for k, v in net.state_dict().items()}}, src)
+  workdir = str(tmp_path / 'dare')
+  out = convert_weights.convert(config, src, workdir, full=True)
+  assert out['loaded'] == 'full'
+  with jax.default_matmul_precision('highest'):
+    results = train.evaluate_checkpoint(config, workdir)
+  assert set(dare.EMBEDDINGS) <= set(results)
+  with np.load(os.path.join(workdir, 'features.npz')) as f:
+    feats = {k: f[k] for k in f.files}
+
+  dataset = datasets.load_dataset(config.data)
+  resize_hw = augment.resize_size(input_hw, config.data.resize_factor)
+  assert resize_hw == (70, 35)
+  for what in ('query', 'gallery'):
+    images = getattr(dataset, what).images
+    assert images.shape[1:3] == resize_hw
+    # Our views are torchvision's TenCrop, in its order, pixel for pixel.
+    ours = augment.ten_crop(images[:4], input_hw)
+    theirs = torch.stack(tr.ten_crop(torch.from_numpy(images[:4]).permute(
+        0, 3, 1, 2), input_hw), dim=1).permute(0, 1, 3, 4, 2).numpy()
+    np.testing.assert_array_equal(ours, theirs)
+    assert not np.array_equal(ours[:, 9], ours[:, 4, :, ::-1])
+    want = tr.tta_embeddings(net, torch.from_numpy(images), input_hw,
+                             config.data.mean, config.data.std)
+    for name, w in zip(dare.EMBEDDINGS, want):
+      got = feats[f'{what}_{name}']
+      assert got.shape == w.shape, (what, name)
+      assert _rel_err(got, w) <= REL, (what, name, _rel_err(got, w))
