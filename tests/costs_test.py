@@ -169,7 +169,7 @@ def test_resnet50_at_256x128_equals_the_analytic_torchvision_count():
   cfg = default.get_config()
   got = costs.exit_costs(dare.from_config(cfg.model), (256, 128))
   want = _analytic_resnet('bottleneck', (3, 4, 6, 3), (256, 128))
-  assert [got[k] for k in costs.STAGES] == want
+  assert [got[k] for k in dare.EXITS] == want
   assert got['fused'] == want[3] + 4 * 128
   # For the record (README): ours, torchvision layout.
   assert want == [513_671_168, 1_185_415_168, 2_142_896_128, 2_673_606_656]
@@ -203,7 +203,7 @@ def test_other_depths_widths_and_sizes(block, sizes, width, hw, hidden, dim):
   cfg.head_hidden, cfg.embedding_dim = hidden, dim
   got = costs.exit_costs(dare.from_config(cfg), hw)
   want = _analytic_resnet(block, sizes, hw, width, hidden, dim)
-  assert [got[k] for k in costs.STAGES] == want
+  assert [got[k] for k in dare.EXITS] == want
   assert got['fused'] == want[3] + 4 * dim
 
 
@@ -216,7 +216,7 @@ def test_cli_prints_one_json_object():
   got = json.loads(proc.stdout)
   assert list(got) == ['stage1', 'stage2', 'stage3', 'stage4', 'fused']
   want = _analytic_resnet('basic', (1, 1, 1, 1), (64, 32), 4, 32, 16)
-  assert [got[k] for k in costs.STAGES] == want
+  assert [got[k] for k in dare.EXITS] == want
   assert got['fused'] == want[3] + 4 * 16
 
 

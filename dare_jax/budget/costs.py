@@ -25,7 +25,8 @@ import jax
 from jax.extend import core as jcore
 import jax.numpy as jnp
 
-STAGES = ('stage1', 'stage2', 'stage3', 'stage4')
+from dare_jax.models import dare
+
 
 
 def _subjaxprs(params) -> list:
@@ -122,17 +123,16 @@ def exit_costs(model, input_hw: Sequence[int]) -> dict[str, int]:
     # A TriNet answers once, after the full backbone and its one head.
     return {'stage4': count_macs(model.apply, variables, x)}
   out = {}
-  for s, name in enumerate(STAGES, start=1):
+  for s, name in enumerate(dare.EXITS, start=1):
     out[name] = count_macs(
         lambda v, x, s=s: model.apply(v, x, num_exits=s), variables, x)
   # The fusion is elementwise multiplies and adds (no dot_general), so the
   # trace does not see it: one Mul-Add per fusion weight and element.
-  out['fused'] = out['stage4'] + len(STAGES) * int(model.embedding_dim)
+  out['fused'] = out['stage4'] + len(dare.EXITS) * int(model.embedding_dim)
   return out
 
 
 def config_exit_costs(config) -> dict[str, int]:
   """exit_costs of config.model at config.data.input_size."""
-  from dare_jax.models import dare  # pylint: disable=g-import-not-at-top
   return exit_costs(dare.from_config(config.model),
                     tuple(config.data.input_size))

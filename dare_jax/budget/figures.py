@@ -20,9 +20,11 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from dare_jax.budget import anytime
+
 EMBEDDINGS = ('stage1', 'stage2', 'stage3', 'stage4', 'fused')
 # The exits of the budgeted stream (dare_jax/budget/stream.py).
-STREAM_EXITS = ('stage1', 'stage2', 'stage3', 'fused')
+STREAM_EXITS = anytime.DARE_ANSWERS
 ROUTINGS = ('distance', 'margin', 'random')
 
 DPI = 110

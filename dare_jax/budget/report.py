@@ -107,18 +107,17 @@ class _Retrieval:
   def ranked(self, exit_name: str, q: int) -> np.ndarray:
     """Gallery indices by distance, junk and the query's own camera out."""
     d = self.dist[exit_name][q].astype(np.float64)
-    same_cam = ((self.g_cams == self.q_cams[q]) & (self.g_cams >= 0) &
-                (self.q_cams[q] >= 0))
-    removed = (self.g_pids == -1) | ((self.g_pids == self.q_pids[q]) &
-                                     same_cam)
+    removed = stream.removed(self.q_pids[q:q + 1], self.q_cams[q:q + 1],
+                             self.g_pids, self.g_cams)[0]
     order = np.argsort(np.where(removed, np.inf, d), kind='stable')
     return order[:int(np.count_nonzero(~removed))]
 
   def top1_correct(self, exit_name: str) -> np.ndarray:
-    return np.array([
-        len(r) > 0 and self.g_pids[r[0]] == self.q_pids[q]
-        for q, r in enumerate(self.ranked(exit_name, q)
-                              for q in range(len(self.q_pids)))])
+    """bool [Q]: the first gallery image left is a match (rank-1 hit)."""
+    per_query = metrics_lib.evaluate_per_query(
+        self.dist[exit_name], self.q_pids, self.q_cams, self.g_pids,
+        self.g_cams)
+    return per_query['first_hit_rank'] == 0
 
   def example(self, q: int, k: int) -> dict:
     rows = {}

@@ -52,10 +52,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from dare_jax.budget import anytime
 from dare_jax.evaluation import metrics
 
 ROUTINGS = ('distance', 'margin', 'random')
-DEFAULT_EXITS = ('stage1', 'stage2', 'stage3', 'fused')
+DEFAULT_EXITS = anytime.DARE_ANSWERS
 # Confidences are computed this many gallery entries at a time per query
 # chunk: [chunk, G] float64 intermediates stay near 8 MiB.
 _CHUNK_ELEMENTS = 1 << 20
@@ -196,7 +197,9 @@ def route_random(num_q: int, pi_S: Sequence[float],
   return np.argmax(leaves_QxS, axis=1)
 
 
-def _removed(q_pids, q_camids, g_pids, g_camids):
+def removed(q_pids, q_camids, g_pids, g_camids):
+  """bool [Q, G]: gallery entries the protocol drops for each query (junk,
+  and the query's identity seen by its own known camera)."""
   same_pid = g_pids[None, :] == q_pids[:, None]
   same_cam = ((g_camids[None, :] == q_camids[:, None]) &
               (g_camids[None, :] >= 0) & (q_camids[:, None] >= 0))
@@ -217,7 +220,7 @@ def confidences(dist_QxG, q_pids, q_camids, g_pids, g_camids,
   chunk = max(1, _CHUNK_ELEMENTS // max(num_g, 1))
   for a in range(0, num_q, chunk):
     b = min(a + chunk, num_q)
-    d = np.where(_removed(qp[a:b], qc[a:b], gp, gc), np.inf,
+    d = np.where(removed(qp[a:b], qc[a:b], gp, gc), np.inf,
                  dist[a:b].astype(np.float64))
     if num_g == 0:
       out[a:b] = -np.inf

@@ -13,16 +13,14 @@ the given order:
 Bad flags or files: one line `error: ...` on stderr, exit status 1.
 """
 
-import json
-import sys
 
 from absl import app
 from absl import flags
 
-from dare_jax import errors
 from dare_jax.budget import stream
 from dare_jax.evaluation import features as features_lib
 from dare_jax.evaluation import metrics
+from dare_jax.tools import cli
 
 # Plain strings, parsed below, so that every bad value gets the same
 # one-line error (absl's own parse errors print several lines).
@@ -75,20 +73,15 @@ def _parse():
 
 
 def main(argv):
-  try:
+  def compute():
     if len(argv) != 2:
       raise ValueError('usage: python -m dare_jax.tools.budgeted '
                        'FEATURES.npz --costs=... --budgets=... [--flags]')
     exits, costs, budgets, seed = _parse()
     feats = features_lib.load_features(argv[1])
-    results = stream.simulate(feats, exits, costs, budgets,
-                              routing=FLAGS.routing, seed=seed, ap=FLAGS.ap)
-  except (errors.UserError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  json.dump(results, sys.stdout, indent=2)
-  sys.stdout.write('\n')
-  return 0
+    return stream.simulate(feats, exits, costs, budgets,
+                           routing=FLAGS.routing, seed=seed, ap=FLAGS.ap)
+  return cli.emit_json(compute, indent=2)
 
 
 if __name__ == '__main__':
