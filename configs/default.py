@@ -30,7 +30,9 @@ def get_config():
   # PyTorch BatchNorm2d(momentum=0.1, eps=1e-5) == Flax (momentum=0.9, 1e-5).
   c.model.bn_momentum = 0.9
   c.model.bn_epsilon = 1e-5
-  c.model.dtype = 'float32'  # compute dtype; parameters stay float32
+  # Compute dtype, 'float32' or 'bfloat16' (mixed precision: parameters,
+  # BatchNorm statistics, pooling, embeddings and the loss stay float32).
+  c.model.dtype = 'float32'
   # Weights file (torchvision .pth, or .npz with PyTorch names; see
   # dare_jax/models/weights.py) for the backbone; the exit heads and fusion
   # start fresh unless pretrained_heads (the file is a whole DaRe, e.g. the

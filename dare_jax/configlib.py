@@ -39,6 +39,11 @@ def validate(config, num_devices: int = 1) -> None:
   if t.num_steps < 1 or t.checkpoint_every < 1 or t.log_every < 1:
     raise ConfigError('train.num_steps, train.checkpoint_every and '
                      'train.log_every must be >= 1.')
+  if config.model.dtype not in ('float32', 'bfloat16'):
+    raise ConfigError(
+        f"model.dtype={config.model.dtype!r}: use 'float32' or 'bfloat16' "
+        '(the compute dtype; parameters stay float32). float16 would need '
+        'loss scaling, which this trainer does not do.')
   if d.pipeline not in ('tf', 'numpy'):
     raise ConfigError(f"data.pipeline={d.pipeline!r}: use 'tf' or 'numpy'.")
   if len(d.input_size) != 2 or min(d.input_size) < 16:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from absl import logging
 import flax
@@ -25,6 +25,7 @@ import optax
 
 from dare_jax import checkpointing
 from dare_jax import configlib
+from dare_jax import distributed
 from dare_jax import errors
 from dare_jax import losses
 from dare_jax import optim
@@ -48,8 +49,11 @@ class TrainState:
 
 
 def make_mesh(devices=None) -> Mesh:
-  devices = np.asarray(devices if devices is not None else jax.devices())
-  return Mesh(devices, (AXIS,))
+  """A 1-D 'data' mesh, devices in process order: each process's devices are
+  one contiguous block, so each reads one contiguous share of a batch."""
+  devices = devices if devices is not None else jax.devices()
+  devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+  return Mesh(np.asarray(devices), (AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -136,20 +140,21 @@ def make_train_step(config, model, tx, mesh: Mesh) -> Callable:
   return jax.jit(step, donate_argnums=(0,))
 
 
-def shard_batch(batch, mesh: Mesh):
-  """Host numpy GLOBAL batch -> global arrays split along 'data'.
+def shard_batch(batch, mesh: Mesh, batch_size: Optional[int] = None):
+  """This process's rows of a batch -> global arrays split along 'data'.
 
-  Every process builds the same global batch (a pure function of the step);
-  each hands JAX the contiguous share that its own devices hold.
+  batch: host arrays holding distributed.process_rows(mesh, AXIS,
+  batch_size) of the global
+  batch of `batch_size` rows (the whole batch on one process; None = the
+  rows given times the process count).
   """
   sharding = NamedSharding(mesh, P(AXIS))
-  n, i = jax.process_count(), jax.process_index()
   out = {}
   for k in ('image', 'pid', 'erase'):
     x = batch[k]
-    share = len(x) // n
+    rows = batch_size or len(x) * jax.process_count()
     out[k] = jax.make_array_from_process_local_data(
-        sharding, x[i * share:(i + 1) * share], x.shape)
+        sharding, x, (rows,) + x.shape[1:])
   return out
 
 
@@ -158,14 +163,16 @@ def _pipeline_kwargs(config) -> dict:
   return dict(input_hw=tuple(d.input_size), resize_factor=d.resize_factor)
 
 
-def train_batches(config, split, start_step: int):
+def train_batches(config, split, start_step: int,
+                  rows: Optional[tuple[int, int]] = None):
+  """The input pipeline of data.pipeline; rows = this process's share."""
   d, t = config.data, config.train
   return datasets.pipeline_module(d.pipeline).train_batches(
       split, P=t.P, K=t.K, seed=config.seed, start_step=start_step,
       num_steps=t.num_steps, hflip=d.hflip, random_erasing=d.random_erasing,
       erasing_p=d.erasing_p, erasing_area=tuple(d.erasing_area),
       erasing_aspect=d.erasing_aspect, prefetch=d.prefetch,
-      cache_limit_bytes=int(d.cache_limit_gb * 1e9),
+      cache_limit_bytes=int(d.cache_limit_gb * 1e9), rows=rows,
       **_pipeline_kwargs(config))
 
 
@@ -316,9 +323,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if start < t.num_steps:
     train_step = make_train_step(config, setup.model, setup.tx, setup.mesh)
     reporter = reporting.Reporter(workdir, start, t.num_steps, t.P * t.K)
-    batches = train_batches(config, setup.dataset.train, start)
+    global_batch = t.P * t.K
+    rows = distributed.process_rows(setup.mesh, AXIS, global_batch)
+    batches = train_batches(config, setup.dataset.train, start, rows)
     for batch in batches:
-      state, metrics = train_step(state, shard_batch(batch, setup.mesh))
+      state, metrics = train_step(
+          state, shard_batch(batch, setup.mesh, global_batch))
       done = int(batch['step']) + 1
       last = done == t.num_steps
       log, ckpt = (done % t.log_every == 0 or last,

@@ -5,7 +5,9 @@ bit-equality): both draw a step's randomness from the same pure functions,
 TrainPlanner below, and crop with the same integer offsets.
 
   train_batches: {image uint8 [B, H, W, 3], pid int32 [B],
-                  erase float32 [B, 4], step int}, B = P * K.
+                  erase float32 [B, 4], step int}, B = P * K; with
+                  rows=(lo, hi), only rows lo..hi-1 of every such batch
+                  (a process's share in multi-host training: B = hi - lo).
   eval_batches:  {views uint8 [batch_size, V, H, W, 3], valid bool
                   [batch_size]}, V = 10 with TTA else 1; the last batch is
                   zero-padded (valid False) so every batch has one shape.
@@ -69,12 +71,30 @@ class TrainPlanner:
   def batch_size(self) -> int:
     return self.sampler.batch_size
 
-  def __call__(self, step: int) -> dict[str, np.ndarray]:
+  def __call__(self, step: int, rows: Optional[Sequence[int]] = None
+               ) -> dict[str, np.ndarray]:
+    """The step's plan; rows=(lo, hi) keeps rows lo..hi-1 of the GLOBAL
+    batch, drawn exactly as for the whole batch."""
     plan = augment.train_plan(self.seed, step, self.batch_size,
                               self.resize_hw, self.input_hw,
                               **self._plan_kwargs)
     plan['index'] = self.sampler.indices(step)
+    if rows is not None:
+      lo, hi = rows
+      plan = {k: v[lo:hi] for k, v in plan.items()}
     return plan
+
+
+def check_rows(rows: Optional[Sequence[int]], batch_size: int
+               ) -> tuple[int, int]:
+  """(lo, hi) of the global batch this process reads; all when None."""
+  if rows is None:
+    return 0, batch_size
+  lo, hi = (int(r) for r in rows)
+  if not 0 <= lo < hi <= batch_size:
+    raise ValueError(f'rows=({lo}, {hi}) must satisfy 0 <= lo < hi <= the '
+                     f'global batch size {batch_size}.')
+  return lo, hi
 
 
 def check_images(split: Split, resize_hw: Sequence[int],
@@ -240,8 +260,12 @@ def train_batches(split: Split, *, P: int, K: int, seed: int,
                   resize_factor: float, hflip: bool, random_erasing: bool,
                   erasing_p: float, erasing_area: Sequence[float],
                   erasing_aspect: float, prefetch: int = 4,
-                  cache_limit_bytes: Optional[int] = None) -> Prefetcher:
+                  cache_limit_bytes: Optional[int] = None,
+                  rows: Optional[Sequence[int]] = None) -> Prefetcher:
   """Batches for steps start_step .. num_steps - 1 (see the module doc).
+
+  rows=(lo, hi): this process's rows of every global P x K batch; only
+  those images are decoded and cropped.
 
   Everything that can be wrong with the arguments or the split raises here,
   before the first batch. Images come from split.images (which must already
@@ -254,6 +278,7 @@ def train_batches(split: Split, *, P: int, K: int, seed: int,
       split.pids, P=P, K=K, seed=seed, input_hw=input_hw, resize_hw=resize_hw,
       hflip=hflip, random_erasing=random_erasing, erasing_p=erasing_p,
       erasing_area=erasing_area, erasing_aspect=erasing_aspect)
+  rows = check_rows(rows, planner.batch_size)
   decoded_bytes = len(split) * resize_hw[0] * resize_hw[1] * 3
   lazy = split.images is None and (cache_limit_bytes is not None and
                                    decoded_bytes > cache_limit_bytes)
@@ -278,7 +303,7 @@ def train_batches(split: Split, *, P: int, K: int, seed: int,
                                num_threads=2), inverse
 
   def batch(step):
-    plan = planner(step)
+    plan = planner(step, rows)
     idx = plan['index']
     src, src_idx = source(idx)
     return {'image': augment.crop_flip(src, plan['crop_yx'], plan['flip'],

@@ -171,8 +171,10 @@ def train_batches(split: Split, *, P: int, K: int, seed: int,
                   resize_factor: float, hflip: bool, random_erasing: bool,
                   erasing_p: float, erasing_area: Sequence[float],
                   erasing_aspect: float, prefetch: int = 4,
-                  cache_limit_bytes: Optional[int] = None) -> _NumpyIterator:
-  """pipeline.train_batches with tf.data; the same batches.
+                  cache_limit_bytes: Optional[int] = None,
+                  rows: Optional[Sequence[int]] = None) -> _NumpyIterator:
+  """pipeline.train_batches with tf.data; the same batches (and the same
+  rows=(lo, hi) share of each for a process in multi-host training).
 
   `cache_limit_bytes` is accepted for the numpy pipeline's signature: here
   paths are always decoded per batch.
@@ -186,12 +188,13 @@ def train_batches(split: Split, *, P: int, K: int, seed: int,
       split.pids, P=P, K=K, seed=seed, input_hw=input_hw, resize_hw=resize_hw,
       hflip=hflip, random_erasing=random_erasing, erasing_p=erasing_p,
       erasing_area=erasing_area, erasing_aspect=erasing_aspect)
-  b = planner.batch_size
+  rows = pipeline.check_rows(rows, planner.batch_size)
+  b = rows[1] - rows[0]
   (hr, wr), input_hw = resize_hw, tuple(input_hw)
   pids = np.asarray(split.pids)
 
   def plan_np(step):
-    plan = planner(int(step))
+    plan = planner(int(step), rows)
     idx = plan['index']
     return (idx, plan['crop_yx'], plan['flip'], plan['erase'],
             pids[idx].astype(np.int32))
@@ -208,8 +211,8 @@ def train_batches(split: Split, *, P: int, K: int, seed: int,
         lambda p: _decode(p, resize_hw), tf.gather(paths_t, idx),
         fn_output_signature=tf.TensorSpec((hr, wr, 3), tf.uint8),
         parallel_iterations=8)
-    culprits = lambda pos: [paths[i] for i in
-                            planner.sampler.indices(start_step + pos)]
+    culprits = lambda pos: [paths[i] for i in planner(start_step + pos,
+                                                      rows)['index']]
 
   def make(step):
     idx, crop_yx, flip, erase, pid = tf.numpy_function(

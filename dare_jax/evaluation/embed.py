@@ -14,15 +14,22 @@ from typing import Callable, Iterable, Mapping
 from absl import logging
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from dare_jax import distributed
 from dare_jax.data import device_ops
 
 
 def make_embed_fn(model, mean, std, mesh: Mesh) -> Callable:
-  """(variables, views uint8 [B,V,H,W,3]) -> {name: float32 [B, D]}."""
+  """(variables, views uint8 [B,V,H,W,3]) -> {name: float32 [B, D]} on host.
+
+  The batch is split over the mesh's devices; with several processes each
+  hands its devices its own rows and every process gets the whole result.
+  """
   data_sharding = NamedSharding(mesh, P('data'))
+  multi_process = jax.process_count() > 1
 
   @jax.jit
   def embed(variables, views_BxVxHxWx3):
@@ -33,9 +40,15 @@ def make_embed_fn(model, mean, std, mesh: Mesh) -> Callable:
     return {k: jnp.mean(e.reshape(b, v, -1), axis=1) for k, e in out.items()}
 
   def run(variables, views):
-    views = jax.make_array_from_process_local_data(data_sharding, views)
-    return embed(variables, views)
+    lo, hi = distributed.process_rows(mesh, 'data', len(views))
+    views = jax.make_array_from_process_local_data(
+        data_sharding, views[lo:hi], views.shape)
+    out = embed(variables, views)
+    if multi_process:
+      return multihost_utils.process_allgather(out, tiled=True)
+    return jax.device_get(out)
   return run
+
 
 
 def embed_batches(embed_fn: Callable, variables, batches: Iterable[Mapping],

@@ -30,7 +30,7 @@ class ExitHead(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxHxWxC):
-    x = jnp.mean(x_BxHxWxC, axis=(1, 2))
+    x = jnp.mean(x_BxHxWxC, axis=(1, 2), dtype=jnp.float32)
     x = nn.Dense(self.hidden, dtype=self.dtype, name='fc1')(x)
     x = nn.relu(self.norm(name='bn')(x))
     return nn.Dense(self.embedding_dim, dtype=self.dtype, name='fc2')(x)
@@ -44,6 +44,11 @@ def uniform_init(low: float, high: float):
 
 class DaRe(nn.Module):
   """images [B, H, W, 3] (normalised) -> {stage1..4, fused: [B, D] float32}.
+
+  dtype is the compute dtype (float32 or bfloat16): convolutions and dense
+  layers run in it, parameters stay float32, BatchNorm statistics and the
+  global average pooling accumulate in float32, and the embeddings (hence
+  the loss) are float32.
 
   backbone 'resnet': block, stage_sizes (blocks per stage), width (stem);
   'densenet': stage_sizes = layers per dense block, width = stem features,
@@ -77,7 +82,7 @@ class DaRe(nn.Module):
     if self.trinet and num_exits != len(EXITS):
       raise ValueError('A TriNet has one exit, after stage 4: num_exits=4.')
     norm = resnet.make_norm(train, self.bn_momentum, self.bn_epsilon,
-                            self.bn_axis_name)
+                            self.bn_axis_name, self.dtype)
     if self.backbone == 'densenet':
       net = densenet.DenseNet(self.growth_rate, self.stage_sizes, self.width,
                               norm=norm, dtype=self.dtype, name='backbone')

@@ -133,7 +133,11 @@ def stage_channels(block: str, width: int) -> tuple[int, ...]:
   return tuple(width * 2**s * EXPANSION[block] for s in range(4))
 
 
-def make_norm(train: bool, momentum: float, epsilon: float, axis_name):
+def make_norm(train: bool, momentum: float, epsilon: float, axis_name,
+              dtype: Any = jnp.float32):
+  """BatchNorm in mixed precision: batch statistics, running averages, scale
+  and bias in float32 (Flax's float32 reductions), the normalised output cast
+  to the compute dtype that the next convolution consumes."""
   return functools.partial(nn.BatchNorm, use_running_average=not train,
-                           momentum=momentum, epsilon=epsilon,
+                           momentum=momentum, epsilon=epsilon, dtype=dtype,
                            axis_name=axis_name if train else None)
