@@ -79,6 +79,31 @@ def assert_batches_equal(a, b):
 # --- train --------------------------------------------------------------------
 
 
+@by_pipeline
+@pytest.mark.parametrize('files', [False, True], ids=['memory', 'files'])
+def test_a_process_share_is_those_rows_of_the_global_batch(pipe, files,
+                                                          tmp_path):
+  """Multi-host: process i reads rows lo..hi-1 of every global batch, drawn
+  (indices, crops, flips, erasing) exactly as the single process draws them."""
+  split = make_split()
+  if files:
+    split = paths_split(split, tmp_path)
+  whole = train_list(pipe, split, 2, 5)
+  b = P * K
+  for lo, hi in ((0, b // 2), (b // 2, b), (4, 8)):
+    share = train_list(pipe, split, 2, 5, rows=(lo, hi))
+    assert_batches_equal(share, [
+        {k: (v if k == 'step' else v[lo:hi]) for k, v in x.items()}
+        for x in whole])
+
+
+@pytest.mark.parametrize('rows', [(0, 0), (-1, 3), (2, 13), (5, 4)])
+def test_bad_rows_are_refused(rows):
+  with pytest.raises(ValueError, match='rows='):
+    train_list(pipeline, make_split(), 0, 1, rows=rows)
+
+
+
 @needs_tf
 def test_numpy_and_tf_train_batches_identical():
   split = make_split()

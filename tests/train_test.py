@@ -10,6 +10,7 @@ from configs import smoke
 from dare_jax import configlib
 from dare_jax import errors
 from dare_jax import losses
+from dare_jax import optim
 from dare_jax import train
 from dare_jax.data import device_ops
 from dare_jax.models import dare
@@ -114,14 +115,25 @@ def test_batch_not_divisible_by_devices_is_refused():
   configlib.validate(config, num_devices=3)
 
 
-def test_train_step_compiles_once():
+def test_train_step_compiles_once_and_copies_nothing_but_the_batch():
+  """No retracing after the first step (the state the step returns has the
+  shardings and types of the one it was given), and, once the batch is on
+  the devices, the step moves nothing from the host: the learning rate, the
+  erasing keys and the step counter are all computed on device."""
   config = _config()
   mesh = train.make_mesh()
   model = dare.from_config(config.model, bn_axis_name=train.AXIS)
-  tx = optax.adam(1e-3)
+  tx = optim.make_optimizer(config.optim)
   state = train.init_state(config, model, tx, mesh)
   step = train.make_train_step(config, model, tx, mesh)
   for i in range(3):
-    state, _ = step(state, train.shard_batch(_batch(config, seed=i), mesh))
+    batch = train.shard_batch(_batch(config, seed=i), mesh)
+    with jax.transfer_guard_host_to_device('disallow'):
+      state, metrics = step(state, batch)
   assert step._cache_size() == 1  # pylint: disable=protected-access
   assert int(state.step) == 3
+  # The guard is live: a host value passed to the step would be refused.
+  with jax.transfer_guard_host_to_device('disallow'):
+    with pytest.raises(Exception, match='[Dd]isallowed host-to-device'):
+      step(state, _batch(config))
+  assert np.isfinite(float(metrics['loss']))
