@@ -1,0 +1,446 @@
+r"""Benchmark: the PyTorch peer of our train step, to run beside it on one GPU.
+
+  python -m dare_jax.bench.torch_peer [--batches=72,144,288] \
+      [--dtype=bfloat16|float32] [--input_size=256,128] [--steps=20] \
+      [--warmup=5] [--no_compile] [--no_channels_last] [--device=cuda|cpu] \
+      [--depth=50] [--json=PATH]
+
+The same training step as dare_jax/train.py, written the way a PyTorch user
+would write it fast: a torchvision-layout ResNet (torchvision's resnet50
+when torchvision imports, else the equivalent ResNet below: v1.5, the stride
+in the 3x3 conv) with DaRe's 4 exit heads (GAP -> Linear(C_s, 1024) ->
+BatchNorm1d -> ReLU -> Linear(1024, 128)) and the fusion sum_s w_s phi_s
+(4 scalars, init uniform[-0.5, 0.5]); the batch-hard soft-margin triplet
+loss of dare_jax/losses.py on each of the 5 embeddings, summed; Adam(3e-4,
+(0.9, 0.999), 1e-8) with coupled L2 weight decay 1e-4 (torch Adam's
+weight_decay, as optim.py adds it to the gradients). The step runs under
+AMP autocast (--dtype=bfloat16), in channels_last, with torch.compile of
+normalisation + forward + loss (AOTAutograd compiles the backward; Adam is
+torch's fused CUDA kernel; cudnn.benchmark on), on a synthetic P x K batch
+(K = 4) of uint8 images that lives on the device and is normalised there
+(/255, ImageNet mean/std), as ours is. Each batch size gets a fresh model,
+optimiser and compilation (static shapes).
+
+The lr schedule is left out: before optim.t0 it is the constant 3e-4, and
+a step's cost does not depend on it.
+
+Reported per batch size: compile + warm-up seconds, step ms (the mean over
+--steps steps, torch.cuda.synchronize() around the window on CUDA), images/s
+and the model TFLOP/s with our formula: FLOPs/image = 3 x forward Mul-Adds
+x 2, forward Mul-Adds counted by dare_jax.budget.costs's definition (see
+forward_macs: conv and linear layers, plus the fusion's 4 x 128).
+
+Imports neither TensorFlow nor ml_collections, nor JAX: it runs on a machine
+that has only PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+K = 4  # images per identity, as config.train.K
+EPS = 1e-8  # D(a, b) = sqrt(||a - b||^2 + eps), as config.loss.eps
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+EXITS = ('stage1', 'stage2', 'stage3', 'stage4')
+EMBEDDINGS = EXITS + ('fused',)
+DEPTHS = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)),
+          50: ('bottleneck', (3, 4, 6, 3)), 101: ('bottleneck', (3, 4, 23, 3))}
+
+
+def import_torch():
+  """torch, or a clear error: this benchmark needs PyTorch, nothing else."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise SystemExit(
+        'dare_jax.bench.torch_peer needs PyTorch, which is not installed '
+        'here: pip install torch (torchvision optional).') from e
+  return torch
+
+
+# ----------------------------------------------------------------------------
+# The model. Built inside a function so that importing this module does not
+# import torch.
+
+
+def build_model(depth: int = 50, width: int = 64, head_hidden: int = 1024,
+                embedding_dim: int = 128, use_torchvision: bool = True,
+                stage_sizes: Optional[Sequence[int]] = None):
+  """DaRe on a torchvision-layout ResNet: x [B, 3, H, W] -> {stage1..4,
+  fused: [B, embedding_dim]}. torchvision's resnet<depth>(weights=None) is
+  the backbone when it imports (and width == 64 and stage_sizes is None),
+  else the ResNet below. stage_sizes: blocks per stage instead of depth's
+  (depth then only picks the block type, like config.model.stage_sizes)."""
+  torch = import_torch()
+  nn, F = torch.nn, torch.nn.functional
+  if depth not in DEPTHS:
+    raise ValueError(f'--depth={depth} must be one of {sorted(DEPTHS)}.')
+  block_name, default_sizes = DEPTHS[depth]
+  stage_sizes = tuple(stage_sizes or default_sizes)
+
+  class Basic(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, planes, stride, downsample):
+      super().__init__()
+      self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(planes)
+      self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(planes)
+      self.downsample = downsample
+
+    def forward(self, x):
+      y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+      return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+  class Bottleneck(nn.Module):
+    expansion = 4  # v1.5: the stride sits in the 3x3 conv2
+
+    def __init__(self, cin, planes, stride, downsample):
+      super().__init__()
+      self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(planes)
+      self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(planes)
+      self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+      self.bn3 = nn.BatchNorm2d(planes * 4)
+      self.downsample = downsample
+
+    def forward(self, x):
+      y = F.relu(self.bn1(self.conv1(x)))
+      y = F.relu(self.bn2(self.conv2(y)))
+      y = self.bn3(self.conv3(y))
+      return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+  class ResNet(nn.Module):
+    """torchvision's module names and init (kaiming fan_out, BN 1/0)."""
+
+    def __init__(self):
+      super().__init__()
+      block = Bottleneck if block_name == 'bottleneck' else Basic
+      self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+      self.bn1 = nn.BatchNorm2d(width)
+      self.relu = nn.ReLU(inplace=True)
+      self.maxpool = nn.MaxPool2d(3, 2, 1)
+      cin = width
+      for s, n in enumerate(stage_sizes):
+        planes, layers = width * 2**s, []
+        for b in range(n):
+          stride = 2 if s > 0 and b == 0 else 1
+          down = None
+          if stride != 1 or cin != planes * block.expansion:
+            down = nn.Sequential(
+                nn.Conv2d(cin, planes * block.expansion, 1, stride,
+                          bias=False),
+                nn.BatchNorm2d(planes * block.expansion))
+          layers.append(block(cin, planes, stride, down))
+          cin = planes * block.expansion
+        setattr(self, f'layer{s + 1}', nn.Sequential(*layers))
+      for m in self.modules():
+        if isinstance(m, nn.Conv2d):
+          nn.init.kaiming_normal_(m.weight, mode='fan_out',
+                                  nonlinearity='relu')
+
+  backbone = None
+  if use_torchvision and width == 64 and stage_sizes == default_sizes:
+    try:
+      import torchvision  # pylint: disable=g-import-not-at-top
+      backbone = getattr(torchvision.models, f'resnet{depth}')(weights=None)
+    except ImportError:
+      pass
+  if backbone is None:
+    backbone = ResNet()
+  expansion = 4 if block_name == 'bottleneck' else 1
+  channels = [width * 2**s * expansion for s in range(4)]
+
+  class DaRe(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.backbone = backbone
+      self.heads = nn.ModuleList([
+          nn.Sequential(nn.Linear(c, head_hidden), nn.BatchNorm1d(head_hidden),
+                        nn.ReLU(inplace=True),
+                        nn.Linear(head_hidden, embedding_dim))
+          for c in channels])
+      self.fusion = nn.Parameter(torch.empty(4).uniform_(-0.5, 0.5))
+      self.torchvision = type(backbone).__module__.startswith('torchvision')
+
+    def forward(self, x):
+      b = self.backbone
+      x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+      out = {}
+      for name, layer, head in zip(EXITS, (b.layer1, b.layer2, b.layer3,
+                                           b.layer4), self.heads):
+        x = layer(x)
+        # GAP accumulated in float32, embeddings float32 (as dare.ExitHead).
+        out[name] = head(x.mean(dim=(2, 3), dtype=torch.float32)).float()
+      out['fused'] = sum(self.fusion[s] * out[n] for s, n in enumerate(EXITS))
+      return out
+
+  return DaRe()
+
+
+def forward_macs(model, input_hw: Sequence[int], embedding_dim: int) -> int:
+  """Mul-Adds of one image's forward, by dare_jax.budget.costs's definition.
+
+  Forward hooks count every nn.Conv2d (output elements x kernel area x input
+  channels per group) and nn.Linear (output elements x in_features) that
+  runs; biases, BatchNorm, ReLU, pooling and additions are not counted, as
+  costs.py counts only conv_general_dilated and dot_general. The fusion is
+  elementwise, invisible to hooks (and to costs.py's trace), so its
+  4 x embedding_dim Mul-Adds are added as costs.exit_costs adds them to
+  'fused'. The result equals costs.exit_costs(...)['fused'] of the same
+  architecture (tests/bench_input_torch_test.py checks).
+  """
+  torch = import_torch()
+  nn = torch.nn
+  total = [0]
+
+  def conv_hook(m, inputs, out):
+    kh, kw = m.kernel_size
+    total[0] += out.numel() * kh * kw * (m.in_channels // m.groups)
+
+  def linear_hook(m, inputs, out):
+    total[0] += out.numel() * m.in_features
+
+  handles = []
+  for m in model.modules():
+    if isinstance(m, nn.Conv2d):
+      handles.append(m.register_forward_hook(conv_hook))
+    elif isinstance(m, nn.Linear):
+      handles.append(m.register_forward_hook(linear_hook))
+  was_training = model.training
+  model.eval()  # BatchNorm1d cannot take one image in training mode
+  try:
+    p = next(model.parameters())
+    with torch.no_grad():
+      model(torch.zeros((1, 3) + tuple(input_hw), device=p.device))
+  finally:
+    for h in handles:
+      h.remove()
+    model.train(was_training)
+  return total[0] + len(EXITS) * int(embedding_dim)
+
+
+# ----------------------------------------------------------------------------
+# The loss: dare_jax/losses.py, line for line.
+
+
+def batch_hard_soft_margin(emb_BxD, pids_B, eps: float = EPS):
+  """Mean over anchors of softplus(hardest positive - hardest negative),
+  D from explicit differences in float32 (losses.batch_hard_soft_margin)."""
+  torch = import_torch()
+  emb = emb_BxD.float()
+  diff = emb[:, None, :] - emb[None, :, :]
+  dist = torch.sqrt((diff * diff).sum(-1) + eps)
+  same = pids_B[:, None] == pids_B[None, :]
+  not_self = ~torch.eye(len(pids_B), dtype=torch.bool, device=emb.device)
+  inf = torch.tensor(float('inf'), device=emb.device)
+  hardest_pos = torch.where(same & not_self, dist, -inf).amax(dim=1)
+  hardest_neg = torch.where(same, inf, dist).amin(dim=1)
+  return torch.nn.functional.softplus(hardest_pos - hardest_neg).mean()
+
+
+def deep_supervision_loss(embeddings: Mapping[str, Any], pids_B,
+                          eps: float = EPS):
+  """The sum over all embeddings (losses.deep_supervision_loss's total)."""
+  return sum(batch_hard_soft_margin(e, pids_B, eps)
+             for e in embeddings.values())
+
+
+# ----------------------------------------------------------------------------
+# The step and its timing.
+
+
+def normalise(images_BxHxWx3, channels_last: bool):
+  """uint8 NHWC on the device -> float32 NCHW, /255, ImageNet mean/std."""
+  torch = import_torch()
+  dev = images_BxHxWx3.device
+  mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1) * 255.0
+  std = torch.tensor(STD, device=dev).view(1, 3, 1, 1) * 255.0
+  x = (images_BxHxWx3.permute(0, 3, 1, 2).float() - mean) / std
+  fmt = torch.channels_last if channels_last else torch.contiguous_format
+  return x.contiguous(memory_format=fmt)
+
+
+def make_step(model, optimizer, *, amp_dtype, device_type: str,
+              channels_last: bool, compile_: bool):
+  """step(images uint8 [B, H, W, 3], pids int64 [B]) -> loss (a tensor)."""
+  torch = import_torch()
+
+  def loss_fn(images, pids):
+    x = normalise(images, channels_last)
+    with torch.autocast(device_type, dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None):
+      embs = model(x)
+    return deep_supervision_loss(embs, pids)
+
+  if compile_:
+    loss_fn = torch.compile(loss_fn, dynamic=False)
+
+  def step(images, pids):
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(images, pids)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+  return step
+
+
+def synthetic_batch(batch: int, input_hw: Sequence[int], device, seed: int = 0):
+  """(uint8 [B, H, W, 3], int64 [B] = P ids x K) on the device."""
+  torch = import_torch()
+  if batch % K or batch < 2 * K:
+    raise ValueError(f'--batches: {batch} must be a multiple of K={K} with '
+                     f'at least 2 identities (>= {2 * K}), e.g. 72 = 18 x 4.')
+  g = torch.Generator().manual_seed(seed)
+  images = torch.randint(0, 256, (batch,) + tuple(input_hw) + (3,),
+                         dtype=torch.uint8, generator=g)
+  pids = torch.arange(batch // K).repeat_interleave(K)
+  return images.to(device), pids.to(device)
+
+
+def _sync(torch, device):
+  if device.type == 'cuda':
+    torch.cuda.synchronize(device)
+
+
+def bench_batch(batch: int, *, depth: int, input_hw: Sequence[int],
+                dtype: str, steps: int, warmup: int, compile_: bool,
+                channels_last: bool, device: str, seed: int = 0,
+                width: int = 64) -> dict:
+  """One batch size: a fresh model, optimiser and compilation (width:
+  the stem's channels, 64 = torchvision's; smaller only for tests)."""
+  torch = import_torch()
+  dev = torch.device(device)
+  if dev.type == 'cuda':
+    # What a PyTorch user sets for speed; TF32 for float32 matmuls matches
+    # XLA's default precision on GPUs (convolutions use TF32 by default).
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision('high')
+  if compile_:
+    torch._dynamo.reset()  # pylint: disable=protected-access
+  torch.manual_seed(seed)
+  model = build_model(depth, width=width).to(dev)
+  macs = forward_macs(model, input_hw, 128)
+  if channels_last:
+    model = model.to(memory_format=torch.channels_last)
+  model.train()
+  optimizer = torch.optim.Adam(model.parameters(), lr=3e-4,
+                               betas=(0.9, 0.999), eps=1e-8,
+                               weight_decay=1e-4,
+                               fused=dev.type == 'cuda' or None)
+  amp = {'bfloat16': torch.bfloat16, 'float32': None}[dtype]
+  step = make_step(model, optimizer, amp_dtype=amp, device_type=dev.type,
+                   channels_last=channels_last, compile_=compile_)
+  images, pids = synthetic_batch(batch, input_hw, dev, seed)
+  _sync(torch, dev)
+  t0 = time.perf_counter()
+  for _ in range(max(1, warmup)):  # the first step compiles
+    loss = step(images, pids)
+  _sync(torch, dev)
+  t1 = time.perf_counter()
+  for _ in range(steps):
+    loss = step(images, pids)
+  _sync(torch, dev)
+  t2 = time.perf_counter()
+  step_s = (t2 - t1) / steps
+  flops_per_image = 3 * macs * 2
+  return {'framework': 'pytorch', 'dtype': dtype, 'global_batch': batch,
+          'step_ms': 1e3 * step_s, 'images_per_s': batch / step_s,
+          'model_tflops_per_s': flops_per_image * batch / step_s / 1e12,
+          'compile_warmup_s': t1 - t0, 'forward_macs_per_image': macs,
+          'model_flops_per_image': flops_per_image,
+          'loss': float(loss.detach().float().cpu()),
+          'torchvision': bool(getattr(model, 'torchvision', False))}
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+  try:
+    return [int(v) for v in text.split(',') if v.strip()]
+  except ValueError as e:
+    raise SystemExit(f'--{flag}={text!r}: expected comma-separated integers, '
+                     'e.g. 72,144,288.') from e
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+  parser = argparse.ArgumentParser(
+      description=__doc__.split('\n\n')[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--batches', default='72,144,288')
+  parser.add_argument('--dtype', default='bfloat16',
+                      choices=('bfloat16', 'float32'))
+  parser.add_argument('--input_size', default='256,128')
+  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--warmup', type=int, default=5)
+  parser.add_argument('--no_compile', action='store_true')
+  parser.add_argument('--no_channels_last', action='store_true')
+  parser.add_argument('--device', default='cuda', choices=('cuda', 'cpu'))
+  parser.add_argument('--depth', type=int, default=50, choices=sorted(DEPTHS))
+  parser.add_argument('--json', default='')
+  args = parser.parse_args(argv)
+  torch = import_torch()
+  if args.device == 'cuda' and not torch.cuda.is_available():
+    raise SystemExit('--device=cuda but torch sees no CUDA device (torch '
+                     f'{torch.__version__}); run on the GPU machine or pass '
+                     '--device=cpu.')
+  if args.steps < 1:
+    raise SystemExit(f'--steps={args.steps} must be >= 1.')
+  input_hw = parse_ints(args.input_size, 'input_size')
+  if len(input_hw) != 2:
+    raise SystemExit(f'--input_size={args.input_size!r}: expected H,W, e.g. '
+                     '256,128.')
+  batches = parse_ints(args.batches, 'batches')
+  for b in batches:
+    if b % K or b < 2 * K:
+      raise SystemExit(f'--batches: {b} must be a multiple of K={K} with at '
+                       f'least 2 identities (>= {2 * K}), e.g. 72 = 18 x 4.')
+  device_name = (torch.cuda.get_device_name(0) if args.device == 'cuda'
+                 else 'cpu')
+  header = {'device': device_name, 'torch_version': torch.__version__,
+            'compile': not args.no_compile,
+            'channels_last': not args.no_channels_last, 'depth': args.depth,
+            'input_size': input_hw, 'steps': args.steps,
+            'warmup': args.warmup,
+            'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec='seconds')}
+  rows = []
+  for b in batches:
+    rows.append(bench_batch(
+        b, depth=args.depth, input_hw=input_hw, dtype=args.dtype,
+        steps=args.steps, warmup=args.warmup, compile_=not args.no_compile,
+        channels_last=not args.no_channels_last, device=args.device))
+  impl = 'torchvision' if rows and rows[0]['torchvision'] else 'built-in'
+  print(f'device: {device_name}, torch {torch.__version__}, compile '
+        f'{header["compile"]}, channels_last {header["channels_last"]}, '
+        f'ResNet-{args.depth} ({impl}) at {input_hw[0]}x{input_hw[1]}, '
+        f'{header["date"]}')
+  if rows:
+    print(f'forward Mul-Adds/image {rows[0]["forward_macs_per_image"]:,d}, '
+          f'model FLOPs/image {rows[0]["model_flops_per_image"] / 1e9:.2f} G '
+          '(3 x forward x 2)')
+  print(f'{"framework":10s} {"dtype":9s} {"batch":>6s} {"compile+warm s":>15s}'
+        f' {"step ms":>9s} {"images/s":>10s} {"TFLOP/s":>8s} {"loss":>8s}')
+  for r in rows:
+    print(f'{r["framework"]:10s} {r["dtype"]:9s} {r["global_batch"]:6d} '
+          f'{r["compile_warmup_s"]:15.1f} {r["step_ms"]:9.1f} '
+          f'{r["images_per_s"]:10.1f} {r["model_tflops_per_s"]:8.3f} '
+          f'{r["loss"]:8.3f}')
+  result = dict(header, rows=rows)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(result, f, indent=2)
+  sys.stdout.flush()
+  return result
+
+
+if __name__ == '__main__':
+  main()
