@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from typing import Mapping, Optional
 
+from absl import flags
 from absl import logging
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -95,6 +96,28 @@ def initialize(mode: str = 'auto', coordinator_address: str = '',
                'devices.', jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
   return True
+
+
+def define_flags() -> None:
+  """--distributed, --coordinator_address, --num_processes, --process_id:
+  the same four flags for every entry point that may run multi-process."""
+  flags.DEFINE_enum('distributed', 'auto', list(MODES),
+                    'Multi-process JAX (dare_jax/distributed.py): auto joins '
+                    'a cluster when the flags below or the environment '
+                    '(SLURM, Open MPI, a multi-host Cloud TPU) name more than '
+                    'one process; on always calls jax.distributed.initialize; '
+                    'off never does.')
+  flags.DEFINE_string('coordinator_address', '',
+                      'HOST:PORT of process 0, for processes started by hand.')
+  flags.DEFINE_integer('num_processes', 0, 'Processes in the job (explicit).')
+  flags.DEFINE_integer('process_id', -1, 'This process, 0..num_processes-1.')
+
+
+def initialize_from_flags() -> bool:
+  """initialize() with the flags of define_flags()."""
+  f = flags.FLAGS
+  return initialize(f.distributed, f.coordinator_address, f.num_processes,
+                    f.process_id)
 
 
 def is_main_process() -> bool:

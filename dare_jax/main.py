@@ -31,16 +31,7 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'export', 'budget'],
                   'checkpoint. export: write workdir/features.npz. budget: '
                   'the resource report (costs, anytime and budgeted-stream '
                   'curves, figures) from workdir/features.npz.')
-flags.DEFINE_enum('distributed', 'auto', list(distributed.MODES),
-                  'Multi-process JAX (dare_jax/distributed.py): auto joins '
-                  'a cluster when the flags below or the environment (SLURM, '
-                  'Open MPI, a multi-host Cloud TPU) name more than one '
-                  'process; on always calls jax.distributed.initialize; off '
-                  'never does.')
-flags.DEFINE_string('coordinator_address', '',
-                    'HOST:PORT of process 0, for processes started by hand.')
-flags.DEFINE_integer('num_processes', 0, 'Processes in the job (explicit).')
-flags.DEFINE_integer('process_id', -1, 'This process, 0..num_processes-1.')
+distributed.define_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -60,8 +51,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
-    distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address,
-                           FLAGS.num_processes, FLAGS.process_id)
+    distributed.initialize_from_flags()
   except errors.UserError as e:
     raise SystemExit(f'error: {e}') from None
   if not distributed.is_main_process():
