@@ -43,6 +43,7 @@ from typing import Optional, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -317,11 +318,15 @@ def measure(config, batch: int, dtype: str,
   try:
     first = next_batch()
     jax.block_until_ready((state, first))
+    logging.info('%s %s batch %d on %d devices: compiling ...', input,
+                 dtype, batch, num_devices)
     t0 = time.perf_counter()
     # Lowering and compiling ahead of time also fills the jitted step's
     # cache: the first call below runs this executable, compiling nothing.
     compiled = step.lower(state, first).compile()
     compile_s = time.perf_counter() - t0
+    logging.info('compiled in %.1f s; %d warm-up and %d timed steps ...',
+                 compile_s, warmup, steps)
     per_device = xla_flops(compiled)
 
     pending = [first]
@@ -359,6 +364,8 @@ def measure(config, batch: int, dtype: str,
       batches.close()
 
   step_s = seconds / steps
+  logging.info('%.1f ms per step, %.1f images/s.', 1e3 * step_s,
+               batch / step_s)
   flops = global_flops(per_device, num_devices)
   peak = peak_flops_per_device(devices[0].device_kind, dtype, peak_tflops)
   peak_total = None if peak is None else peak * num_devices
