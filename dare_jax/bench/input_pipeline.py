@@ -319,18 +319,23 @@ def format_table(result: dict) -> str:
   return '\n'.join(lines)
 
 
-config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.',
-                                lock_config=True)
-flags.DEFINE_list('pipelines', list(PIPELINES), 'tf and/or numpy.')
-flags.DEFINE_list('modes', list(MODES), 'train and/or eval.')
-flags.DEFINE_enum('source', 'files', SOURCES,
-                  'files: JPEG decode + resize + crop (in-memory splits are '
-                  'written as JPEGs first); memory: decoded images.')
-flags.DEFINE_integer('steps', 50, 'Timed batches per row.')
-flags.DEFINE_integer('warmup', 5, 'Untimed batches first (>= 1).')
-flags.DEFINE_string('json', '', 'Also write the results here.')
-flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command line's flags: defined when run as a program only, so
+  that tests can import several benchmark modules side by side."""
+  config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.',
+                                  lock_config=True)
+  flags.DEFINE_list('pipelines', list(PIPELINES), 'tf and/or numpy.')
+  flags.DEFINE_list('modes', list(MODES), 'train and/or eval.')
+  flags.DEFINE_enum('source', 'files', SOURCES,
+                    'files: JPEG decode + resize + crop (in-memory splits are '
+                    'written as JPEGs first); memory: decoded images.')
+  flags.DEFINE_integer('steps', 50, 'Timed batches per row.')
+  flags.DEFINE_integer('warmup', 5, 'Untimed batches first (>= 1).')
+  flags.DEFINE_string('json', '', 'Also write the results here.')
+  flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
@@ -359,4 +364,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -40,21 +40,6 @@ from ml_collections import config_flags
 from dare_jax import errors
 from dare_jax import train
 
-config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.',
-                                lock_config=True)
-flags.DEFINE_integer('per_device_batch', 8,
-                     'Images per device (the global batch is N times it).')
-flags.DEFINE_list('devices', ['1', '2', '4', '8'], 'Device counts N.')
-flags.DEFINE_integer('processes', 2,
-                     'Also run max(devices) devices over this many processes '
-                     '(CPU only; 1 = skip).')
-flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
-                  'Compute dtype (config.model.dtype).')
-flags.DEFINE_integer('steps', 10, 'Timed steps per run.')
-flags.DEFINE_integer('warmup', 2, 'Untimed steps per run after compiling.')
-flags.DEFINE_integer('timeout', 1800, 'Seconds allowed to one run.')
-flags.DEFINE_string('json', '', 'Also write the results here.')
-flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
 
 _TAIL_CHARS = 3000  # of a failed subprocess's stderr
@@ -243,6 +228,26 @@ def cpu_note(max_devices: int) -> str:
           'overhead and the sharing of cores, not interconnect scaling.')
 
 
+def define_flags() -> None:
+  """The command line's flags: defined when run as a program only, so
+  that tests can import several benchmark modules side by side."""
+  config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.',
+                                  lock_config=True)
+  flags.DEFINE_integer('per_device_batch', 8,
+                       'Images per device (the global batch is N times it).')
+  flags.DEFINE_list('devices', ['1', '2', '4', '8'], 'Device counts N.')
+  flags.DEFINE_integer('processes', 2,
+                       'Also run max(devices) devices over this many processes '
+                       '(CPU only; 1 = skip).')
+  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                    'Compute dtype (config.model.dtype).')
+  flags.DEFINE_integer('steps', 10, 'Timed steps per run.')
+  flags.DEFINE_integer('warmup', 2, 'Untimed steps per run after compiling.')
+  flags.DEFINE_integer('timeout', 1800, 'Seconds allowed to one run.')
+  flags.DEFINE_string('json', '', 'Also write the results here.')
+  flags.mark_flags_as_required(['config'])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -303,4 +308,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -75,25 +75,6 @@ PEAK_FLOPS = (
     (('tpu v4',), {'bfloat16': 275e12, 'float32': 275e12}),
 )
 
-config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.',
-                                lock_config=True)
-flags.DEFINE_list('batches', ['72', '144', '288'],
-                  'GLOBAL batch sizes B = P x K (K = config.train.K).')
-flags.DEFINE_list('dtypes', ['float32', 'bfloat16'],
-                  'Compute dtypes (config.model.dtype): float32, bfloat16.')
-flags.DEFINE_enum('input', 'device', list(INPUTS) + ['both'],
-                  'device: one batch made on the devices, the step alone; '
-                  'pipeline: the real input pipeline; both: each in turn.')
-flags.DEFINE_integer('steps', 20, 'Timed steps per measurement.')
-flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
-flags.DEFINE_integer('num_devices', 0,
-                     'Use jax.devices()[:N]; 0 = every device.')
-flags.DEFINE_float('peak_tflops', 0.0,
-                   'Dense peak TFLOP/s of ONE device for the MFU (0 = the '
-                   'built-in table by device kind; unknown devices: n/a).')
-flags.DEFINE_string('json', '', 'Also write the results here.')
-distributed.define_flags()
-flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
 
 
@@ -423,6 +404,30 @@ def format_table(head: dict, rows: Sequence[dict]) -> str:
   return '\n'.join(lines)
 
 
+def define_flags() -> None:
+  """The command line's flags: defined when run as a program only, so
+  that tests can import several benchmark modules side by side."""
+  config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.',
+                                  lock_config=True)
+  flags.DEFINE_list('batches', ['72', '144', '288'],
+                    'GLOBAL batch sizes B = P x K (K = config.train.K).')
+  flags.DEFINE_list('dtypes', ['float32', 'bfloat16'],
+                    'Compute dtypes (config.model.dtype): float32, bfloat16.')
+  flags.DEFINE_enum('input', 'device', list(INPUTS) + ['both'],
+                    'device: one batch made on the devices, the step alone; '
+                    'pipeline: the real input pipeline; both: each in turn.')
+  flags.DEFINE_integer('steps', 20, 'Timed steps per measurement.')
+  flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
+  flags.DEFINE_integer('num_devices', 0,
+                       'Use jax.devices()[:N]; 0 = every device.')
+  flags.DEFINE_float('peak_tflops', 0.0,
+                     'Dense peak TFLOP/s of ONE device for the MFU (0 = the '
+                     'built-in table by device kind; unknown devices: n/a).')
+  flags.DEFINE_string('json', '', 'Also write the results here.')
+  distributed.define_flags()
+  flags.mark_flags_as_required(['config'])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -455,4 +460,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
