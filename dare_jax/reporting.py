@@ -11,7 +11,8 @@ import os
 import time
 
 from absl import logging
-import jax
+
+from dare_jax import distributed
 
 
 def _duration(seconds: float) -> str:
@@ -27,7 +28,7 @@ class Reporter:
   def __init__(self, workdir: str, start_step: int, num_steps: int,
                batch_size: int):
     self._start, self._num_steps, self._batch = start_step, num_steps, batch_size
-    self._main = jax.process_index() == 0
+    self._main = distributed.is_main_process()
     self._t_first = None  # after the first logged step: excludes compilation
     self._step_first = start_step
     self._tb = self._jsonl = None

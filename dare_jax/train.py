@@ -143,19 +143,15 @@ def make_train_step(config, model, tx, mesh: Mesh) -> Callable:
 def shard_batch(batch, mesh: Mesh, batch_size: Optional[int] = None):
   """This process's rows of a batch -> global arrays split along 'data'.
 
-  batch: host arrays holding distributed.process_rows(mesh, AXIS,
-  batch_size) of the global
-  batch of `batch_size` rows (the whole batch on one process; None = the
-  rows given times the process count).
+  batch: host arrays holding rows distributed.process_rows(mesh, AXIS,
+  batch_size) of the global batch of `batch_size` rows (the whole batch on
+  one process; None = the rows given times the process count).
   """
   sharding = NamedSharding(mesh, P(AXIS))
-  out = {}
-  for k in ('image', 'pid', 'erase'):
-    x = batch[k]
-    rows = batch_size or len(x) * jax.process_count()
-    out[k] = jax.make_array_from_process_local_data(
-        sharding, x, (rows,) + x.shape[1:])
-  return out
+  batch_size = batch_size or len(batch['pid']) * jax.process_count()
+  return {k: jax.make_array_from_process_local_data(
+      sharding, batch[k], (batch_size,) + batch[k].shape[1:])
+          for k in ('image', 'pid', 'erase')}
 
 
 def _pipeline_kwargs(config) -> dict:
@@ -299,7 +295,7 @@ def run_evaluation(setup: Setup, state, train_loss) -> dict:
                         setup.dataset, setup.mesh)
   results = score_features(feats, setup.config.eval)
   results['train_loss'] = train_loss
-  if jax.process_index() == 0:
+  if distributed.is_main_process():
     write_json(os.path.join(setup.workdir, 'metrics.json'), results)
     write_features(os.path.join(setup.workdir, 'features.npz'), feats)
     logging.info('Wrote metrics.json, features.npz and %s',
@@ -322,8 +318,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   if start < t.num_steps:
     train_step = make_train_step(config, setup.model, setup.tx, setup.mesh)
-    reporter = reporting.Reporter(workdir, start, t.num_steps, t.P * t.K)
     global_batch = t.P * t.K
+    reporter = reporting.Reporter(workdir, start, t.num_steps, global_batch)
     rows = distributed.process_rows(setup.mesh, AXIS, global_batch)
     batches = train_batches(config, setup.dataset.train, start, rows)
     for batch in batches:
@@ -372,7 +368,7 @@ def export_features(config, workdir: str) -> str:
   feats = embed_dataset(config, setup.model, setup.variables(state),
                         setup.dataset, setup.mesh)
   path = os.path.join(workdir, 'features.npz')
-  if jax.process_index() == 0:
+  if distributed.is_main_process():
     write_features(path, feats)
   logging.info('Wrote %s', path)
   return path

@@ -37,6 +37,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from dare_jax import bench
 from dare_jax import errors
 from dare_jax import train
 
@@ -206,18 +207,15 @@ def measure_run(config_argv: Sequence[str], devices: int, processes: int,
               process_count=result['process_count'])
 
 
+COLUMNS = (('devices', 'devices', '{:d}'), ('processes', 'processes', '{:d}'),
+           ('global batch', 'global_batch', '{:d}'),
+           ('step ms', 'step_ms', '{:.2f}'),
+           ('images/s', 'images_per_s', '{:.1f}'),
+           ('efficiency', 'efficiency', '{:.1%}'))
+
+
 def format_table(rows: Sequence[dict]) -> str:
-  cols = (('devices', 'devices', '{:d}'), ('processes', 'processes', '{:d}'),
-          ('global batch', 'global_batch', '{:d}'),
-          ('step ms', 'step_ms', '{:.2f}'),
-          ('images/s', 'images_per_s', '{:.1f}'),
-          ('efficiency', 'efficiency', '{:.1%}'))
-  cells = [[t for t, _, _ in cols]]
-  cells += [['n/a' if r[k] is None else f.format(r[k]) for _, k, f in cols]
-            for r in rows]
-  widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-  return '\n'.join('  '.join(c.rjust(w) for c, w in zip(row, widths))
-                   for row in cells)
+  return bench.format_columns(COLUMNS, rows)
 
 
 def cpu_note(max_devices: int) -> str:

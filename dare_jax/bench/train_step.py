@@ -50,6 +50,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 import numpy as np
 
+from dare_jax import bench
 from dare_jax import configlib
 from dare_jax import distributed
 from dare_jax import errors
@@ -390,18 +391,11 @@ _GIGA = ('flops_per_step', 'analytic_flops')
 
 def format_table(head: dict, rows: Sequence[dict]) -> str:
   """The header line and one right-aligned line per row (None: n/a)."""
-  cells = [[t for t, _, _ in COLUMNS]]
-  for r in rows:
-    cells.append(['n/a' if r[k] is None else
-                  f.format(r[k] / 1e9 if k in _GIGA else r[k])
-                  for _, k, f in COLUMNS])
-  widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-  lines = [f'device: {head["device_kind"]} ({head["backend"]}), '
-           f'{head["num_devices"]} of {head["device_count"]} devices, '
-           f'{head["process_count"]} process(es), {head["date"]}']
-  lines += ['  '.join(c.rjust(w) for c, w in zip(row, widths))
-            for row in cells]
-  return '\n'.join(lines)
+  return (f'device: {head["device_kind"]} ({head["backend"]}), '
+          f'{head["num_devices"]} of {head["device_count"]} devices, '
+          f'{head["process_count"]} process(es), {head["date"]}\n' +
+          bench.format_columns(
+              COLUMNS, rows, lambda k, v: v / 1e9 if k in _GIGA else v))
 
 
 def define_flags() -> None:

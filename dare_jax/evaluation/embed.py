@@ -8,6 +8,7 @@ views equals the fusion of the mean views.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable, Iterable, Mapping
 
@@ -30,6 +31,9 @@ def make_embed_fn(model, mean, std, mesh: Mesh) -> Callable:
   """
   data_sharding = NamedSharding(mesh, P('data'))
   multi_process = jax.process_count() > 1
+  # Every batch has one padded size: the rows are found once.
+  rows_of = functools.cache(
+      lambda n: distributed.process_rows(mesh, 'data', n))
 
   @jax.jit
   def embed(variables, views_BxVxHxWx3):
@@ -40,7 +44,7 @@ def make_embed_fn(model, mean, std, mesh: Mesh) -> Callable:
     return {k: jnp.mean(e.reshape(b, v, -1), axis=1) for k, e in out.items()}
 
   def run(variables, views):
-    lo, hi = distributed.process_rows(mesh, 'data', len(views))
+    lo, hi = rows_of(len(views))
     views = jax.make_array_from_process_local_data(
         data_sharding, views[lo:hi], views.shape)
     out = embed(variables, views)
@@ -48,7 +52,6 @@ def make_embed_fn(model, mean, std, mesh: Mesh) -> Callable:
       return multihost_utils.process_allgather(out, tiled=True)
     return jax.device_get(out)
   return run
-
 
 
 def embed_batches(embed_fn: Callable, variables, batches: Iterable[Mapping],
