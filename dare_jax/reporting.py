@@ -15,6 +15,16 @@ from absl import logging
 from dare_jax import distributed
 
 
+def write_json(path: str, obj) -> None:
+  """Atomic (a crash never leaves half a file behind); numpy scalars are
+  written as the Python numbers they hold."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True,
+              default=lambda x: x.item() if hasattr(x, 'item') else str(x))
+  os.replace(tmp, path)
+
+
 def _duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)

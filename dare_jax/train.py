@@ -11,7 +11,6 @@ rounding.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Any, Callable, Optional
 
@@ -210,14 +209,6 @@ def score_features(feats, eval_cfg) -> dict:
       feats, eval_cfg, names=features_lib.embedding_names(feats))
 
 
-def write_json(path: str, obj) -> None:
-  """Atomic: a crash never leaves half a file behind."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def write_features(path: str, feats) -> None:
   tmp = path + '.tmp.npz'
   np.savez(tmp, **feats)
@@ -296,7 +287,8 @@ def run_evaluation(setup: Setup, state, train_loss) -> dict:
   results = score_features(feats, setup.config.eval)
   results['train_loss'] = train_loss
   if distributed.is_main_process():
-    write_json(os.path.join(setup.workdir, 'metrics.json'), results)
+    reporting.write_json(os.path.join(setup.workdir, 'metrics.json'),
+                         results)
     write_features(os.path.join(setup.workdir, 'features.npz'), feats)
     logging.info('Wrote metrics.json, features.npz and %s',
                  ', '.join(os.path.basename(p) for p in

@@ -39,7 +39,7 @@ from ml_collections import config_flags
 
 from dare_jax import bench
 from dare_jax import errors
-from dare_jax import train
+from dare_jax import reporting
 
 FLAGS = flags.FLAGS
 
@@ -296,7 +296,7 @@ def main(argv):
   if on_cpu:
     print(cpu_note(counts[-1]))
   if FLAGS.json:
-    train.write_json(FLAGS.json, {
+    reporting.write_json(FLAGS.json, {
         'device_kind': rows[0]['device_kind'], 'backend': platform['backend'],
         'dtype': FLAGS.dtype, 'per_device_batch': FLAGS.per_device_batch,
         'cpu_cores': len(os.sched_getaffinity(0)),

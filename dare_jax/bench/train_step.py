@@ -54,6 +54,7 @@ from dare_jax import bench
 from dare_jax import configlib
 from dare_jax import distributed
 from dare_jax import errors
+from dare_jax import reporting
 from dare_jax import optim
 from dare_jax import train
 from dare_jax.budget import costs as costs_lib
@@ -449,7 +450,7 @@ def main(argv):
   head = dict(header(), num_devices=len(devices))
   print(format_table(head, rows))
   if FLAGS.json:
-    train.write_json(FLAGS.json, dict(head, rows=rows))
+    reporting.write_json(FLAGS.json, dict(head, rows=rows))
   sys.stdout.flush()
 
 

@@ -19,6 +19,7 @@ from absl import logging
 import numpy as np
 
 from dare_jax import errors
+from dare_jax import reporting
 from dare_jax.budget import anytime
 from dare_jax.budget import costs as costs_lib
 from dare_jax.budget import figures
@@ -230,18 +231,9 @@ def resource_report(config, workdir: str,
   figures.easy_hard([retrieval.example(q, 3) for q in easy],
                     [retrieval.example(q, 3) for q in hard],
                     out('fig8_easy_hard.png'), k=3)
-  _write_json(out(REPORT), report)
+  reporting.write_json(out(REPORT), report)
   logging.info('Wrote %s and fig3/5/6/7/8 PNGs in %s.', REPORT, workdir)
   return report
-
-
-def _write_json(path: str, obj) -> None:
-  import json  # pylint: disable=g-import-not-at-top
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True,
-              default=lambda x: x.item() if hasattr(x, 'item') else str(x))
-  os.replace(tmp, path)
 
 
 def summary_lines(report: dict) -> list[str]:
