@@ -14,13 +14,15 @@ torch imports. Each figure is the mean of --repeats runs after one warm-up.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dare_jax import bench
+from dare_jax import reporting
 
 # (H, W, C_in, C_out, kernel): stage 2 (layer2) of ResNet-50 at 256x128,
 # its bottleneck's 1x1 reduction (512 -> 128) and its 3x3 (128 -> 128).
@@ -93,6 +95,11 @@ def run(batch: int, repeats: int) -> list[dict]:
   return rows
 
 
+COLUMNS = (('input', 'shape', '{}'), ('k', 'kernel', '{:d}'),
+           ('impl', 'impl', '{}'), ('forward ms', 'forward_ms', '{:.1f}'),
+           ('dx ms', 'dx_ms', '{:.1f}'), ('dw ms', 'dw_ms', '{:.1f}'))
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch', type=int, default=72)
@@ -102,14 +109,10 @@ def main(argv=None) -> int:
   rows = run(args.batch, args.repeats)
   print(f'device: {jax.devices()[0].device_kind} ({jax.default_backend()}), '
         'float32, NHWC')
-  print(f'{"input":18s} {"k":>2s} {"impl":13s} {"forward ms":>11s} '
-        f'{"dx ms":>9s} {"dw ms":>9s}')
-  for r in rows:
-    print(f'{r["shape"]:18s} {r["kernel"]:2d} {r["impl"]:13s} '
-          f'{r["forward_ms"]:11.1f} {r["dx_ms"]:9.1f} {r["dw_ms"]:9.1f}')
+  print(bench.format_columns(COLUMNS, rows))
   if args.json:
-    with open(args.json, 'w') as f:
-      json.dump({'device': str(jax.devices()[0]), 'rows': rows}, f, indent=2)
+    reporting.write_json(args.json, {'device': str(jax.devices()[0]),
+                                     'rows': rows})
   return 0
 
 

@@ -13,7 +13,6 @@ full forward.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -24,6 +23,8 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from dare_jax import bench
+from dare_jax import reporting
 from dare_jax.budget import costs as costs_lib
 from dare_jax.models import dare
 
@@ -61,21 +62,22 @@ def exit_latencies(config, batch: int, repeats: int) -> list[dict]:
   return rows
 
 
+COLUMNS = (('exit', 'exit', '{}'), ('Mul-Adds/img', 'macs', '{:,d}'),
+           ('latency ms', 'latency_ms', '{:.2f}'),
+           ('cost frac', 'cost_fraction', '{:.3f}'),
+           ('time frac', 'latency_fraction', '{:.3f}'))
+
+
 def main(argv):
   del argv
   rows = exit_latencies(FLAGS.config, FLAGS.batch, FLAGS.repeats)
   device = jax.devices()[0]
   print(f'device: {device.device_kind} ({jax.default_backend()}), batch '
         f'{FLAGS.batch}, input {tuple(FLAGS.config.data.input_size)}')
-  print(f'{"exit":8s} {"Mul-Adds/img":>14s} {"latency ms":>11s} '
-        f'{"cost frac":>10s} {"time frac":>10s}')
-  for r in rows:
-    print(f'{r["exit"]:8s} {r["macs"]:14,d} {r["latency_ms"]:11.2f} '
-          f'{r["cost_fraction"]:10.3f} {r["latency_fraction"]:10.3f}')
+  print(bench.format_columns(COLUMNS, rows))
   if FLAGS.json:
-    with open(FLAGS.json, 'w') as f:
-      json.dump({'device': str(device), 'batch': FLAGS.batch, 'rows': rows},
-                f, indent=2)
+    reporting.write_json(FLAGS.json, {'device': str(device),
+                                      'batch': FLAGS.batch, 'rows': rows})
   sys.stdout.flush()
 
 
