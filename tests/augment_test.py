@@ -1,5 +1,7 @@
 """augment.py (host plans, crops, TTA views, decoding) and device_ops.py."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,9 +11,10 @@ from PIL import Image
 from dare_jax import errors
 from dare_jax.data import augment
 from dare_jax.data import device_ops
+from dare_jax.data import spec
 
-PLAN = dict(hflip=True, random_erasing=True, erasing_p=0.5,
-            erasing_area=(0.02, 0.2), erasing_aspect=0.3)
+PLAN = spec.Augmentation(hflip=True, random_erasing=True, erasing_p=0.5,
+                         erasing_area=(0.02, 0.2), erasing_aspect=0.3)
 
 
 def random_images(n, h, w, seed=0):
@@ -29,12 +32,12 @@ def test_resize_size():
 
 def test_plan_is_pure_in_seed_and_step():
   args = (2000, (36, 18), (32, 16))
-  a = augment.train_plan(0, 5, *args, **PLAN)
-  b = augment.train_plan(0, 5, *args, **PLAN)
+  a = augment.train_plan(0, 5, *args, PLAN)
+  b = augment.train_plan(0, 5, *args, PLAN)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
-  c = augment.train_plan(0, 6, *args, **PLAN)
-  d = augment.train_plan(1, 5, *args, **PLAN)
+  c = augment.train_plan(0, 6, *args, PLAN)
+  d = augment.train_plan(1, 5, *args, PLAN)
   assert not np.array_equal(a['crop_yx'], c['crop_yx'])
   assert not np.array_equal(a['crop_yx'], d['crop_yx'])
   assert a['crop_yx'].dtype == np.int32 and a['crop_yx'].shape == (2000, 2)
@@ -42,16 +45,16 @@ def test_plan_is_pure_in_seed_and_step():
 
 
 def test_crop_offsets_cover_exactly_the_valid_positions():
-  plan = augment.train_plan(3, 0, 2000, (36, 18), (32, 16), **PLAN)
+  plan = augment.train_plan(3, 0, 2000, (36, 18), (32, 16), PLAN)
   y, x = plan['crop_yx'].T
   assert set(y) == set(range(5)) and set(x) == set(range(3))
 
 
 def test_flip_probability_and_hflip_off():
-  plan = augment.train_plan(0, 0, 4000, (36, 18), (32, 16), **PLAN)
+  plan = augment.train_plan(0, 0, 4000, (36, 18), (32, 16), PLAN)
   assert abs(plan['flip'].mean() - 0.5) < 0.04
   off = augment.train_plan(0, 0, 4000, (36, 18), (32, 16),
-                           **{**PLAN, 'hflip': False})
+                           dataclasses.replace(PLAN, hflip=False))
   assert not off['flip'].any()
   # The crops do not depend on whether flipping is on.
   np.testing.assert_array_equal(off['crop_yx'], plan['crop_yx'])
@@ -59,7 +62,7 @@ def test_flip_probability_and_hflip_off():
 
 def test_erasing_boxes_inside_and_within_ranges():
   h, w = 256, 128
-  plan = augment.train_plan(0, 0, 4000, (288, 144), (h, w), **PLAN)
+  plan = augment.train_plan(0, 0, 4000, (288, 144), (h, w), PLAN)
   e = plan['erase'].astype(np.int64)
   on = e[:, 2] > 0
   # Nearly every attempt succeeds at this size, so ~erasing_p are erased.
@@ -81,16 +84,16 @@ def test_erasing_boxes_inside_and_within_ranges():
 def test_erasing_probability_and_off():
   for p in (0.0, 0.2, 1.0):
     plan = augment.train_plan(1, 2, 3000, (288, 144), (256, 128),
-                              **{**PLAN, 'erasing_p': p})
+                              dataclasses.replace(PLAN, erasing_p=p))
     assert abs((plan['erase'][:, 2] > 0).mean() - p) < 0.03
   off = augment.train_plan(1, 2, 50, (288, 144), (256, 128),
-                           **{**PLAN, 'random_erasing': False})
+                           dataclasses.replace(PLAN, random_erasing=False))
   assert (off['erase'] == 0).all()
 
 
 def test_crop_larger_than_image_raises():
   with pytest.raises(ValueError, match='larger than'):
-    augment.train_plan(0, 0, 4, (30, 18), (32, 16), **PLAN)
+    augment.train_plan(0, 0, 4, (30, 18), (32, 16), PLAN)
 
 
 # --- crop_flip ----------------------------------------------------------------
@@ -98,7 +101,7 @@ def test_crop_larger_than_image_raises():
 
 def test_crop_flip_equals_direct_slicing():
   images = random_images(64, 36, 18)
-  plan = augment.train_plan(0, 0, 64, (36, 18), (32, 16), **PLAN)
+  plan = augment.train_plan(0, 0, 64, (36, 18), (32, 16), PLAN)
   got = augment.crop_flip(images, plan['crop_yx'], plan['flip'], (32, 16))
   assert got.dtype == np.uint8 and got.shape == (64, 32, 16, 3)
   for b in range(64):

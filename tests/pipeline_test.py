@@ -13,6 +13,7 @@ from PIL import Image
 from dare_jax import errors
 from dare_jax.data import augment
 from dare_jax.data import pipeline
+from dare_jax.data import spec
 from dare_jax.data.types import Split
 
 try:
@@ -56,14 +57,22 @@ def paths_split(split, tmp_path, hw=None):
   return Split(pids=split.pids, camids=split.camids, paths=paths)
 
 
-def train_list(pipe, split, start, stop, **overrides):
-  return list(pipe.train_batches(split, start_step=start, num_steps=stop,
-                                 **{**TRAIN, **overrides}))
+def train_spec(stop, **overrides):
+  return spec.TrainInput(num_steps=stop, **{**TRAIN, **overrides})
+
+
+def eval_spec(batch_size=6, tta=True):
+  return spec.EvalInput(input_hw=INPUT_HW, resize_factor=FACTOR,
+                        batch_size=batch_size, tta=tta)
+
+
+def train_list(pipe, split, start, stop, rows=None, **overrides):
+  return list(pipe.train_batches(split, train_spec(stop, **overrides), start,
+                                 rows=rows))
 
 
 def eval_list(pipe, split, batch_size=6, tta=True):
-  return list(pipe.eval_batches(split, input_hw=INPUT_HW, resize_factor=FACTOR,
-                                batch_size=batch_size, tta=tta))
+  return list(pipe.eval_batches(split, eval_spec(batch_size, tta)))
 
 
 def assert_batches_equal(a, b):
@@ -118,10 +127,7 @@ def test_train_batch_contents(pipe):
   split = make_split()
   batches = train_list(pipe, split, 0, 5)
   assert [x['step'] for x in batches] == list(range(5))
-  planner = pipeline.TrainPlanner(
-      split.pids, resize_hw=RESIZE_HW,
-      **{k: v for k, v in TRAIN.items() if k not in ('resize_factor',
-                                                     'prefetch')})
+  planner = pipeline.TrainPlanner(split.pids, train_spec(5))
   for x in batches:
     assert x['image'].shape == (P * K,) + INPUT_HW + (3,)
     assert x['image'].dtype == np.uint8 and x['pid'].dtype == np.int32
@@ -187,17 +193,15 @@ def test_train_from_paths_needing_resize(pipe, tmp_path):
 def test_wrong_image_size_raises(pipe):
   split = make_split(hw=(32, 16))
   with pytest.raises(ValueError, match=r'32x16 images.*resize size 36x18'):
-    pipe.train_batches(split, start_step=0, num_steps=2, **TRAIN)
+    pipe.train_batches(split, train_spec(2), 0)
   with pytest.raises(ValueError, match=r'32x16 images.*resize size 36x18'):
-    pipe.eval_batches(split, input_hw=INPUT_HW, resize_factor=FACTOR,
-                      batch_size=4)
+    pipe.eval_batches(split, eval_spec(batch_size=4))
 
 
 @by_pipeline
 def test_too_few_identities_raises_before_the_first_batch(pipe):
   with pytest.raises(ValueError, match='only 8 identities'):
-    pipe.train_batches(make_split(), start_step=0, num_steps=2,
-                       **{**TRAIN, 'P': 9})
+    pipe.train_batches(make_split(), train_spec(2, P=9), 0)
 
 
 @by_pipeline
@@ -232,8 +236,7 @@ def _live(name):
 def test_thread_stops_on_close_and_on_garbage_collection():
   split = make_split()
   for stop in ('close', 'del'):
-    it = pipeline.train_batches(split, start_step=0, num_steps=10**6,
-                                **TRAIN)
+    it = pipeline.train_batches(split, train_spec(10**6), 0)
     next(it)
     assert _live('train_batches')
     if stop == 'close':
@@ -264,7 +267,7 @@ def test_several_workers_give_the_same_batches(monkeypatch):
   monkeypatch.setattr(pipeline, 'default_workers', lambda: 3)
   assert_batches_equal(train_list(pipeline, split, 0, 8), want_train)
   assert_batches_equal(eval_list(pipeline, split), want_eval)
-  it = pipeline.train_batches(split, start_step=0, num_steps=10**6, **TRAIN)
+  it = pipeline.train_batches(split, train_spec(10**6), 0)
   next(it)
   it.close()  # also stops the worker pool
   assert not [t for t in threading.enumerate()
@@ -277,16 +280,17 @@ def test_no_hang_at_exit_with_a_running_pipeline():
   code = '''
 import numpy as np
 from dare_jax.data import pipeline
+from dare_jax.data import spec
 from dare_jax.data.types import Split
 pipeline.default_workers = lambda: 3
 pids = np.repeat(np.arange(1, 9), 4)
 split = Split(pids=pids, camids=0 * pids,
               images=np.zeros((32, 36, 18, 3), np.uint8))
-it = pipeline.train_batches(
-    split, P=2, K=2, seed=0, start_step=0, num_steps=10**9,
+it = pipeline.train_batches(split, spec.TrainInput(
+    P=2, K=2, seed=0, num_steps=10**9,
     input_hw=(32, 16), resize_factor=1.125, hflip=True,
     random_erasing=True, erasing_p=0.5, erasing_area=(0.02, 0.2),
-    erasing_aspect=0.3, prefetch=2)
+    erasing_aspect=0.3, prefetch=2), 0)
 next(it)
 KEEP = it
 print('ok')

@@ -15,6 +15,7 @@ from PIL import Image
 
 from dare_jax import errors
 from dare_jax.data import pipeline
+from dare_jax.data import spec
 from dare_jax.data.readers import bad_images
 from dare_jax.data.readers import cuhk01
 from dare_jax.data.readers import folder
@@ -502,14 +503,14 @@ def test_error_policy_pipelines_name_the_corrupt_file(tmp_path):
   split = Split(pids=np.array([1, 1, 2, 2, 3, 3]), camids=np.zeros(6, int),
                 paths=paths)
   with pytest.raises(errors.DataError, match='corrupt_one.jpg'):
-    list(pipeline.eval_batches(split, input_hw=(32, 16), resize_factor=1.125,
-                               batch_size=4, tta=False))
+    list(pipeline.eval_batches(split, spec.EvalInput(
+        input_hw=(32, 16), resize_factor=1.125, batch_size=4, tta=False)))
   with pytest.raises(errors.DataError, match='corrupt_one.jpg'):
-    list(pipeline.train_batches(
-        split, P=3, K=2, seed=0, start_step=0, num_steps=1,
+    list(pipeline.train_batches(split, spec.TrainInput(
+        P=3, K=2, seed=0, num_steps=1,
         input_hw=(32, 16), resize_factor=1.125, hflip=True,
         random_erasing=False, erasing_p=0.5, erasing_area=(0.02, 0.2),
-        erasing_aspect=0.3, prefetch=1))
+        erasing_aspect=0.3, prefetch=1), 0))
 
 
 # ----------------------------------------------------------------------------

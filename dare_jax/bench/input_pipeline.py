@@ -11,12 +11,13 @@ r"""Benchmark: the input pipelines alone (no model), images/s per host core.
 
 Each pipeline (dare_jax/data/pipeline.py, numpy threads; tf_pipeline.py,
 tf.data) is driven exactly as training drives it:
-  train: train.train_batches(config, split, 0) -- P x K batches of
-         config.train at config.data.input_size -- for --warmup + --steps
-         steps; images/s = B x steps / the time of the last --steps batches.
-  eval:  eval_batches(split, batch_size=config.eval.batch_size, tta=...) as
-         train.embed_dataset calls it; images/s counts source images and
-         views/s their TTA views (10 per image).
+  train: train_batches(split, spec.TrainInput.from_config(config), 0) --
+         P x K batches of config.train at config.data.input_size -- for
+         --warmup + --steps steps; images/s = B x steps / the time of the
+         last --steps batches.
+  eval:  eval_batches(split, spec.EvalInput.from_config(config)) as the
+         evaluation calls it; images/s counts source images and views/s
+         their TTA views (10 per image).
 Rates are also divided by the host cores this process may use
 (len(os.sched_getaffinity(0))): the pipeline's share of a machine is what
 decides whether it keeps an accelerator fed.
@@ -64,11 +65,12 @@ from dare_jax import errors
 from dare_jax.data import augment
 from dare_jax.data import datasets
 from dare_jax.data import pipeline as np_pipeline
+from dare_jax.data import spec as spec_lib
 from dare_jax.data.types import Split
 
 NATIVE_HW = (128, 64)  # Market-1501's bounding boxes (H, W)
 JPEG_QUALITY = 95
-PIPELINES = ('tf', 'numpy')
+PIPELINES = spec_lib.PIPELINES
 MODES = ('train', 'eval')
 SOURCES = ('files', 'memory')
 
@@ -187,13 +189,14 @@ def _rates(row: dict, cores: int) -> dict:
 def bench_train(config, split: Split, pipeline: str, steps: int,
                 warmup: int, cores: Optional[int] = None) -> dict:
   """Train batches of `pipeline` as training requests them."""
-  from dare_jax import train  # pylint: disable=g-import-not-at-top
   cfg = copy.deepcopy(config)
   cfg.data.pipeline = pipeline
   cfg.train.num_steps = warmup + steps
   split = with_identities(split, cfg.train.P)
   b = cfg.train.P * cfg.train.K
-  t = _time_batches(lambda: train.train_batches(cfg, split, 0),
+  module = datasets.pipeline_module(pipeline)
+  train_input = spec_lib.TrainInput.from_config(cfg)
+  t = _time_batches(lambda: module.train_batches(split, train_input, 0),
                     warmup + steps, warmup, lambda batch: len(batch['image']))
   if split.images is not None:
     decode = 'none'
@@ -208,21 +211,20 @@ def bench_train(config, split: Split, pipeline: str, steps: int,
 
 
 def _numpy_decodes_per_batch(config, split: Split) -> bool:
-  hr, wr = augment.resize_size(config.data.input_size,
-                               config.data.resize_factor)
-  return len(split) * hr * wr * 3 > int(config.data.cache_limit_gb * 1e9)
+  train_input = spec_lib.TrainInput.from_config(config)
+  hr, wr = train_input.resize_hw
+  return len(split) * hr * wr * 3 > train_input.cache_limit_bytes
 
 
 def bench_eval(config, split: Split, pipeline: str, steps: int, warmup: int,
                cores: Optional[int] = None) -> dict:
-  """eval_batches of `pipeline` as train.embed_dataset calls it; the split
-  is repeated to fill warmup + steps batches."""
+  """eval_batches of `pipeline` as the evaluation calls it; the split is
+  repeated to fill warmup + steps batches."""
   module = datasets.pipeline_module(pipeline)
-  e, d = config.eval, config.data
+  e = config.eval
+  eval_input = spec_lib.EvalInput.from_config(config)
   split = repeat_split(split, (warmup + steps) * e.batch_size)
-  make = lambda: module.eval_batches(
-      split, batch_size=e.batch_size, tta=e.tta,
-      input_hw=tuple(d.input_size), resize_factor=d.resize_factor)
+  make = lambda: module.eval_batches(split, eval_input)
   views = 10 if e.tta else 1
   t = _time_batches(make, warmup + steps, warmup,
                     lambda batch: int(np.sum(batch['valid'])))
@@ -265,8 +267,7 @@ def run(config, pipelines: Sequence[str], modes: Sequence[str], source: str,
   pipelines, notes = available_pipelines(pipelines)
   if dataset is None:
     dataset = datasets.load_dataset(config.data)
-  resize_hw = augment.resize_size(config.data.input_size,
-                                  config.data.resize_factor)
+  resize_hw = spec_lib.ImageSize.from_data_config(config.data).resize_hw
   cores = host_cores()
   if 'train' in modes:
     pids = np.asarray(dataset.train.pids)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import os
-from typing import Sequence
+from typing import Sequence, TYPE_CHECKING
 
 from absl import logging
 import numpy as np
@@ -24,13 +24,19 @@ from PIL import Image
 from dare_jax import errors
 from dare_jax.data import sampler
 
+if TYPE_CHECKING:  # spec imports this module
+  from dare_jax.data import spec as spec_lib
+
 # Separates the plan's random stream from the sampler's (same seed, step).
 _STREAM = 0x415547  # 'AUG'
 _ERASING_ATTEMPTS = 100  # as in Zhong et al.'s RandomErasing
 
 
 def resize_size(input_hw: Sequence[int], factor: float) -> tuple[int, int]:
-  """(round(H * factor), round(W * factor)): 256x128 x 1.125 -> 288x144."""
+  """(round(H * factor), round(W * factor)): 256x128 x 1.125 -> 288x144.
+
+  Called by spec.ImageSize only; everything else reads its resize_hw.
+  """
   h, w = input_hw
   return int(round(h * factor)), int(round(w * factor))
 
@@ -43,11 +49,12 @@ def _check_crop(resize_hw, input_hw) -> None:
 
 
 def train_plan(seed: int, step: int, batch_size: int,
-               resize_hw: Sequence[int], input_hw: Sequence[int], *,
-               hflip: bool, random_erasing: bool, erasing_p: float,
-               erasing_area: Sequence[float],
-               erasing_aspect: float) -> dict[str, np.ndarray]:
+               resize_hw: Sequence[int], input_hw: Sequence[int],
+               aug: spec_lib.Augmentation) -> dict[str, np.ndarray]:
   """The random choices of one training step, a pure function of its args.
+
+  `aug` (flips, random erasing) may be a spec.TrainInput, which extends
+  spec.Augmentation.
 
   Returns:
     crop_yx: int32 [B, 2], top-left corner of the crop, uniform over every
@@ -65,13 +72,14 @@ def train_plan(seed: int, step: int, batch_size: int,
                       rng.integers(0, wr - w + 1, size=batch_size)],
                      axis=1).astype(np.int32)
   flip = rng.random(batch_size) < 0.5
-  if not hflip:
+  if not aug.hflip:
     flip[:] = False
   erase = np.zeros((batch_size, 4), np.float32)
-  if random_erasing:
-    lo, hi = erasing_area
+  if aug.random_erasing:
+    lo, hi = aug.erasing_area
     for b in range(batch_size):
-      erase[b] = _erasing_box(rng, h, w, erasing_p, lo, hi, erasing_aspect)
+      erase[b] = _erasing_box(rng, h, w, aug.erasing_p, lo, hi,
+                              aug.erasing_aspect)
   return {'crop_yx': crop_yx, 'flip': flip, 'erase': erase}
 
 

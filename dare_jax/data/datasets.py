@@ -10,7 +10,7 @@ from absl import logging
 import numpy as np
 
 from dare_jax import errors
-from dare_jax.data import augment
+from dare_jax.data import spec as spec_lib
 from dare_jax.data.types import ReidDataset
 
 # data.dataset -> (reader module, function). Imported on use, so a reader's
@@ -24,7 +24,9 @@ _READERS = {
     'cuhk01': ('cuhk01', 'read_cuhk01'),
     'folder': ('folder', 'read_folder'),
 }
-DATASETS = ('synthetic',) + tuple(_READERS)
+DATASETS = spec_lib.DATASETS  # 'synthetic' + _READERS
+if set(DATASETS) != {'synthetic', *_READERS}:
+  raise AssertionError('spec.DATASETS and datasets._READERS disagree.')
 
 
 def cache_dir(data_cfg) -> str:
@@ -60,9 +62,13 @@ def _read_folder(data_cfg) -> ReidDataset:
 
 
 def load_dataset(data_cfg) -> ReidDataset:
-  """The dataset named by config.data, its splits ready for a pipeline."""
+  """The dataset named by config.data, its splits ready for a pipeline.
+
+  Raises the errors of spec.check_dataset (which configlib.validate runs
+  first) for library callers, then those that need the files.
+  """
   name = data_cfg.dataset
-  resize_hw = augment.resize_size(data_cfg.input_size, data_cfg.resize_factor)
+  resize_hw = spec_lib.ImageSize.from_data_config(data_cfg).resize_hw
   if name == 'synthetic':
     from dare_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     s = data_cfg.synthetic
@@ -70,12 +76,7 @@ def load_dataset(data_cfg) -> ReidDataset:
         num_train_ids=s.num_train_ids, num_test_ids=s.num_test_ids,
         num_cameras=s.num_cameras, hard_fraction=s.hard_fraction,
         seed=s.seed, image_size=resize_hw, cache_dir=cache_dir(data_cfg))
-  if name not in _READERS:
-    raise errors.ConfigError(
-        f'Unknown data.dataset={name!r}; known: {", ".join(DATASETS)}.')
-  if data_cfg.bad_images not in ('error', 'skip'):
-    raise errors.ConfigError(
-        f"data.bad_images={data_cfg.bad_images!r}: use 'error' or 'skip'.")
+  spec_lib.check_dataset(data_cfg)  # the name, bad_images, source
   if data_cfg.source == 'tfds':
     # data.root (the manual download) is needed only until the dataset is
     # prepared in data.tfds_data_dir; load_tfds says so when it is missing.
@@ -90,9 +91,6 @@ def load_dataset(data_cfg) -> ReidDataset:
         name, manual_dir=data_cfg.root, data_dir=data_cfg.tfds_data_dir or None,
         resize_hw=resize_hw, split_seed=data_cfg.split_seed,
         cuhk01_num_test_ids=data_cfg.cuhk01_num_test_ids)
-  if data_cfg.source != 'folder':
-    raise errors.ConfigError(
-        f"data.source={data_cfg.source!r}: use 'folder' or 'tfds'.")
   ds = _read_folder(data_cfg)
   if data_cfg.bad_images == 'skip':
     bad_images = importlib.import_module('dare_jax.data.readers.bad_images')
@@ -107,13 +105,15 @@ def load_dataset(data_cfg) -> ReidDataset:
   return ds
 
 
-def pipeline_module(name: str):
-  """The module providing train_batches / eval_batches for data.pipeline."""
+def pipeline_module(name: str) -> spec_lib.Pipeline:
+  """The module implementing spec.Pipeline for data.pipeline; imports
+  TensorFlow only for 'tf'."""
+  spec_lib.check_pipeline(name)  # for library callers; validate checks too
   if name == 'numpy':
-    return importlib.import_module('dare_jax.data.pipeline')
-  if name == 'tf':
+    module = importlib.import_module('dare_jax.data.pipeline')
+  else:
     try:
-      return importlib.import_module('dare_jax.data.tf_pipeline')
+      module = importlib.import_module('dare_jax.data.tf_pipeline')
     except ImportError as e:
       if 'tensorflow' not in str(e):
         raise
@@ -121,4 +121,6 @@ def pipeline_module(name: str):
           'data.pipeline="tf" needs TensorFlow, which is not installed here. '
           'Use the TensorFlow-free input path: --config.data.pipeline=numpy'
       ) from e
-  raise errors.ConfigError(f"data.pipeline={name!r}: use 'tf' or 'numpy'.")
+  if not isinstance(module, spec_lib.Pipeline):
+    raise TypeError(f'{module.__name__} does not implement spec.Pipeline.')
+  return module

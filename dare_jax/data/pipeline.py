@@ -2,7 +2,8 @@
 
 Produces exactly the batches of tf_pipeline (tests/pipeline_test.py checks
 bit-equality): both draw a step's randomness from the same pure functions,
-TrainPlanner below, and crop with the same integer offsets.
+TrainPlanner below, and crop with the same integer offsets. Both implement
+spec.Pipeline and take their settings as a spec.TrainInput / spec.EvalInput.
 
   train_batches: {image uint8 [B, H, W, 3], pid int32 [B],
                   erase float32 [B, 4], step int}, B = P * K; with
@@ -28,6 +29,7 @@ import numpy as np
 from dare_jax import errors
 from dare_jax.data import augment
 from dare_jax.data import sampler
+from dare_jax.data import spec as spec_lib
 from dare_jax.data.types import Split
 
 _POLL_S = 0.1  # how often a blocked producer checks for close()
@@ -37,35 +39,13 @@ class TrainPlanner:
   """step -> the step's indices and augmentation: the one source of truth.
 
   Returns dict(index int64 [B], crop_yx int32 [B, 2], flip bool [B],
-  erase float32 [B, 4]); a pure function of (seed, step) and the arguments.
+  erase float32 [B, 4]); a pure function of (spec.seed, step), the pids and
+  the spec (P, K, sizes, augmentation), which was checked when it was built.
   """
 
-  def __init__(self, pids_N, *, P: int, K: int, seed: int,
-               input_hw: Sequence[int], resize_hw: Sequence[int], hflip: bool,
-               random_erasing: bool, erasing_p: float,
-               erasing_area: Sequence[float], erasing_aspect: float):
-    self.sampler = sampler.PKSampler(pids_N, P, K, seed)
-    self.seed = int(seed)
-    self.input_hw = tuple(int(v) for v in input_hw)
-    self.resize_hw = tuple(int(v) for v in resize_hw)
-    if random_erasing:
-      if not 0 <= erasing_p <= 1:
-        raise errors.ConfigError(
-            f'data.erasing_p={erasing_p} must be in [0, 1].')
-      if not 0 < erasing_area[0] <= erasing_area[1] <= 1:
-        raise errors.ConfigError(
-            f'data.erasing_area={tuple(erasing_area)} must satisfy '
-            '0 < low <= high <= 1.')
-      if erasing_aspect <= 0:
-        raise errors.ConfigError(
-            f'data.erasing_aspect={erasing_aspect} must be > 0.')
-    self._plan_kwargs = dict(
-        hflip=bool(hflip), random_erasing=bool(random_erasing),
-        erasing_p=float(erasing_p),
-        erasing_area=tuple(float(a) for a in erasing_area),
-        erasing_aspect=float(erasing_aspect))
-    # Fails now, not on the first batch, when the crop does not fit.
-    augment.five_crop_offsets(self.resize_hw, self.input_hw)
+  def __init__(self, pids_N, spec: spec_lib.TrainInput):
+    self.sampler = sampler.PKSampler(pids_N, spec.P, spec.K, spec.seed)
+    self.spec = spec
 
   @property
   def batch_size(self) -> int:
@@ -75,9 +55,9 @@ class TrainPlanner:
                ) -> dict[str, np.ndarray]:
     """The step's plan; rows=(lo, hi) keeps rows lo..hi-1 of the GLOBAL
     batch, drawn exactly as for the whole batch."""
-    plan = augment.train_plan(self.seed, step, self.batch_size,
-                              self.resize_hw, self.input_hw,
-                              **self._plan_kwargs)
+    s = self.spec
+    plan = augment.train_plan(s.seed, step, self.batch_size, s.resize_hw,
+                              s.input_hw, s)
     plan['index'] = self.sampler.indices(step)
     if rows is not None:
       lo, hi = rows
@@ -97,9 +77,10 @@ def check_rows(rows: Optional[Sequence[int]], batch_size: int
   return lo, hi
 
 
-def check_images(split: Split, resize_hw: Sequence[int],
-                 input_hw: Sequence[int], resize_factor: float) -> np.ndarray:
+def check_images(split: Split, size: spec_lib.ImageSize) -> np.ndarray:
   """split.images, after checking they are stored at the resize size."""
+  resize_hw, input_hw = size.resize_hw, size.input_hw
+  resize_factor = size.resize_factor
   got = tuple(split.images.shape[1:3])
   if got != tuple(resize_hw):
     raise errors.DataError(
@@ -255,14 +236,9 @@ class Prefetcher:
 # The pipelines.
 
 
-def train_batches(split: Split, *, P: int, K: int, seed: int,
-                  start_step: int, num_steps: int, input_hw: Sequence[int],
-                  resize_factor: float, hflip: bool, random_erasing: bool,
-                  erasing_p: float, erasing_area: Sequence[float],
-                  erasing_aspect: float, prefetch: int = 4,
-                  cache_limit_bytes: Optional[int] = None,
+def train_batches(split: Split, spec: spec_lib.TrainInput, start_step: int,
                   rows: Optional[Sequence[int]] = None) -> Prefetcher:
-  """Batches for steps start_step .. num_steps - 1 (see the module doc).
+  """Batches for steps start_step .. spec.num_steps - 1 (see the module doc).
 
   rows=(lo, hi): this process's rows of every global P x K batch; only
   those images are decoded and cropped.
@@ -270,20 +246,19 @@ def train_batches(split: Split, *, P: int, K: int, seed: int,
   Everything that can be wrong with the arguments or the split raises here,
   before the first batch. Images come from split.images (which must already
   be at the resize size) or are decoded from split.paths: once, up front,
-  when they fit in `cache_limit_bytes` at the resize size (None: always),
-  else batch by batch (MARS has about half a million training frames).
+  when they fit in `spec.cache_limit_bytes` at the resize size (None:
+  always), else batch by batch (MARS has about half a million training
+  frames). `spec.prefetch` batches are prepared ahead (<= 0: synchronously).
   """
-  resize_hw = augment.resize_size(input_hw, resize_factor)
-  planner = TrainPlanner(
-      split.pids, P=P, K=K, seed=seed, input_hw=input_hw, resize_hw=resize_hw,
-      hflip=hflip, random_erasing=random_erasing, erasing_p=erasing_p,
-      erasing_area=erasing_area, erasing_aspect=erasing_aspect)
+  resize_hw, input_hw = spec.resize_hw, spec.input_hw
+  cache_limit_bytes = spec.cache_limit_bytes
+  planner = TrainPlanner(split.pids, spec)
   rows = check_rows(rows, planner.batch_size)
   decoded_bytes = len(split) * resize_hw[0] * resize_hw[1] * 3
   lazy = split.images is None and (cache_limit_bytes is not None and
                                    decoded_bytes > cache_limit_bytes)
   if split.images is not None:
-    images = check_images(split, resize_hw, input_hw, resize_factor)
+    images = check_images(split, spec)
   elif not lazy:
     images = augment.load_images(split.paths, resize_hw, what='train images')
   else:
@@ -292,7 +267,6 @@ def train_batches(split: Split, *, P: int, K: int, seed: int,
                  decoded_bytes / 1e9, cache_limit_bytes / 1e9)
     paths = list(split.paths)
   pids = np.asarray(split.pids)
-  input_hw = tuple(input_hw)
 
   def source(idx):
     """(images to crop from, index into them) for the batch's indices."""
@@ -313,25 +287,21 @@ def train_batches(split: Split, *, P: int, K: int, seed: int,
             'step': step}
 
   workers = default_workers()
-  steps = range(start_step, num_steps)
+  steps = range(start_step, spec.num_steps)
   return Prefetcher(ordered_map(batch, steps, workers, workers + 1),
-                    prefetch, name='train_batches')
+                    spec.prefetch, name='train_batches')
 
 
-def eval_batches(split: Split, *, input_hw: Sequence[int],
-                 resize_factor: float, batch_size: int, tta: bool = True,
-                 prefetch: int = 2) -> Prefetcher:
-  """Every image of the split once, in order, as padded batches of views.
+def eval_batches(split: Split, spec: spec_lib.EvalInput) -> Prefetcher:
+  """Every image of the split once, in order, as padded batches of views
+  (spec.batch_size images each; 10 views with spec.tta, else 1).
 
   Paths are decoded batch by batch (a gallery can be several GB at 288x144).
   """
-  if batch_size < 1:
-    raise ValueError(f'batch_size={batch_size} must be >= 1.')
-  resize_hw = augment.resize_size(input_hw, resize_factor)
-  augment.five_crop_offsets(resize_hw, input_hw)  # the crop must fit
-  input_hw = tuple(input_hw)
+  resize_hw, input_hw = spec.resize_hw, spec.input_hw
+  batch_size, tta = spec.batch_size, spec.tta
   if split.images is not None:
-    images = check_images(split, resize_hw, input_hw, resize_factor)
+    images = check_images(split, spec)
     load: Callable[[int, int], np.ndarray] = lambda lo, hi: images[lo:hi]
   else:
     paths = list(split.paths)
@@ -350,4 +320,4 @@ def eval_batches(split: Split, *, input_hw: Sequence[int],
   workers = default_workers()
   starts = range(0, n, batch_size)
   return Prefetcher(ordered_map(batch, starts, workers, workers + 1),
-                    prefetch, name='eval_batches')
+                    spec.prefetch, name='eval_batches')

@@ -131,9 +131,9 @@ def make_synthetic(*, num_train_ids: int, num_test_ids: int, num_cameras: int,
   Raises:
     errors.ConfigError (a ValueError): an argument is out of range.
   """
-  args = _validate(num_train_ids=num_train_ids, num_test_ids=num_test_ids,
-                   num_cameras=num_cameras, hard_fraction=hard_fraction,
-                   seed=seed, image_size=image_size)
+  args = check_args(num_train_ids=num_train_ids, num_test_ids=num_test_ids,
+                    num_cameras=num_cameras, hard_fraction=hard_fraction,
+                    seed=seed, image_size=image_size)
   if not cache_dir:
     return _generate(**args)
   key = json.dumps(dict(args, version=GENERATOR_VERSION), sort_keys=True)
@@ -146,9 +146,10 @@ def make_synthetic(*, num_train_ids: int, num_test_ids: int, num_cameras: int,
   return dataset
 
 
-def _validate(*, num_train_ids, num_test_ids, num_cameras, hard_fraction,
-              seed, image_size) -> dict:
-  """Checks and normalises the arguments to plain Python types."""
+def check_args(*, num_train_ids, num_test_ids, num_cameras, hard_fraction,
+               seed, image_size) -> dict:
+  """Checks and normalises the arguments to plain Python types (also run by
+  spec.check_config on config.data.synthetic, before any work)."""
   def as_int(name, value):
     if isinstance(value, bool):
       raise errors.ConfigError(f'synthetic: {name} must be an int, got '

@@ -1,7 +1,8 @@
 """The tf.data input pipeline: the only module that imports TensorFlow.
 
-Same functions, signatures and outputs as pipeline.py (bit-identical batches
-for in-memory images; tests/pipeline_test.py checks): the randomness of a
+Same functions, signatures and outputs as pipeline.py (both implement
+spec.Pipeline; bit-identical batches for in-memory images;
+tests/pipeline_test.py checks): the randomness of a
 step comes from the same pure numpy function (pipeline.TrainPlanner, via
 tf.numpy_function), and images are cropped and flipped with TF ops at the
 same integer offsets. tf.data supplies the parallelism and prefetching.
@@ -22,6 +23,7 @@ import tensorflow as tf
 from dare_jax import errors
 from dare_jax.data import augment
 from dare_jax.data import pipeline
+from dare_jax.data import spec as spec_lib
 from dare_jax.data.types import Split
 
 
@@ -36,7 +38,7 @@ def _hide_gpus() -> None:
 
 _hide_gpus()
 
-# Both pipeline modules offer the same functions.
+# Both pipeline modules offer the same functions (spec.Pipeline).
 num_eval_batches = pipeline.num_eval_batches
 
 
@@ -166,31 +168,24 @@ class _NumpyIterator:
 # The pipelines.
 
 
-def train_batches(split: Split, *, P: int, K: int, seed: int,
-                  start_step: int, num_steps: int, input_hw: Sequence[int],
-                  resize_factor: float, hflip: bool, random_erasing: bool,
-                  erasing_p: float, erasing_area: Sequence[float],
-                  erasing_aspect: float, prefetch: int = 4,
-                  cache_limit_bytes: Optional[int] = None,
+def train_batches(split: Split, spec: spec_lib.TrainInput, start_step: int,
                   rows: Optional[Sequence[int]] = None) -> _NumpyIterator:
   """pipeline.train_batches with tf.data; the same batches (and the same
   rows=(lo, hi) share of each for a process in multi-host training).
 
-  `cache_limit_bytes` is accepted for the numpy pipeline's signature: here
-  paths are always decoded per batch.
+  `spec.cache_limit_bytes` is ignored: here paths are always decoded per
+  batch.
 
-  `prefetch` batches are buffered (tf.data.AUTOTUNE when <= 0). Paths are
-  decoded inside the graph, for every batch (no cache: a real training set
-  at the resize size fits in memory, so pass split.images when that matters).
+  `spec.prefetch` batches are buffered (tf.data.AUTOTUNE when <= 0). Paths
+  are decoded inside the graph, for every batch (no cache: a real training
+  set at the resize size fits in memory, so pass split.images when that
+  matters).
   """
-  resize_hw = augment.resize_size(input_hw, resize_factor)
-  planner = pipeline.TrainPlanner(
-      split.pids, P=P, K=K, seed=seed, input_hw=input_hw, resize_hw=resize_hw,
-      hflip=hflip, random_erasing=random_erasing, erasing_p=erasing_p,
-      erasing_area=erasing_area, erasing_aspect=erasing_aspect)
+  planner = pipeline.TrainPlanner(split.pids, spec)
   rows = pipeline.check_rows(rows, planner.batch_size)
   b = rows[1] - rows[0]
-  (hr, wr), input_hw = resize_hw, tuple(input_hw)
+  resize_hw, input_hw, prefetch = spec.resize_hw, spec.input_hw, spec.prefetch
+  hr, wr = resize_hw
   pids = np.asarray(split.pids)
 
   def plan_np(step):
@@ -200,7 +195,7 @@ def train_batches(split: Split, *, P: int, K: int, seed: int,
             pids[idx].astype(np.int32))
 
   if split.images is not None:
-    images = pipeline.check_images(split, resize_hw, input_hw, resize_factor)
+    images = pipeline.check_images(split, spec)
     load = lambda idx: tf.numpy_function(lambda i: images[i], [idx],
                                          tf.uint8, stateful=False)
     culprits = None
@@ -226,7 +221,7 @@ def train_batches(split: Split, *, P: int, K: int, seed: int,
     return {'image': _crop_flip(raw, crop_yx, flip, input_hw), 'pid': pid,
             'erase': erase, 'step': step}
 
-  ds = (tf.data.Dataset.range(start_step, num_steps)
+  ds = (tf.data.Dataset.range(start_step, spec.num_steps)
         .map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .prefetch(prefetch if prefetch > 0 else tf.data.AUTOTUNE)
         .with_options(_options()))
@@ -238,19 +233,15 @@ def train_batches(split: Split, *, P: int, K: int, seed: int,
   return _NumpyIterator(ds, finish, culprits)
 
 
-def eval_batches(split: Split, *, input_hw: Sequence[int],
-                 resize_factor: float, batch_size: int, tta: bool = True,
-                 prefetch: int = 2) -> _NumpyIterator:
+def eval_batches(split: Split, spec: spec_lib.EvalInput) -> _NumpyIterator:
   """pipeline.eval_batches with tf.data; the same batches."""
-  if batch_size < 1:
-    raise ValueError(f'batch_size={batch_size} must be >= 1.')
-  resize_hw = augment.resize_size(input_hw, resize_factor)
-  augment.five_crop_offsets(resize_hw, input_hw)  # the crop must fit
-  (hr, wr), input_hw = resize_hw, tuple(input_hw)
+  resize_hw, input_hw = spec.resize_hw, spec.input_hw
+  batch_size, tta, prefetch = spec.batch_size, spec.tta, spec.prefetch
+  hr, wr = resize_hw
   n = len(split)
   culprits = None
   if split.images is not None:
-    images = pipeline.check_images(split, resize_hw, input_hw, resize_factor)
+    images = pipeline.check_images(split, spec)
 
     def gather_np(j):
       lo = int(j) * batch_size

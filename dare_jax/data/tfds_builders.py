@@ -50,6 +50,7 @@ except ImportError:
   sys.modules.setdefault('importlib_resources', importlib.resources)
 
 from dare_jax import errors
+from dare_jax.data import spec as spec_lib
 from dare_jax.data.types import ReidDataset, Split
 
 SPLITS = ('train', 'query', 'gallery')
@@ -352,11 +353,7 @@ def load_tfds(dataset_name: str, manual_dir: str, data_dir: Optional[str],
       decoded; use data.source='folder'), or an unknown dataset.
     errors.DataNotFoundError: not prepared and manual_dir missing or empty.
   """
-  if dataset_name == 'mars':
-    raise errors.ConfigError(
-        'data.source="tfds" decodes every image into memory, which MARS '
-        '(about 1.2 million frames) cannot afford: use '
-        '--config.data.source=folder for data.dataset="mars".')
+  spec_lib.check_tfds_dataset(dataset_name)  # refuses MARS
   builder = make_builder(dataset_name, data_dir, split_seed=split_seed,
                          cuhk01_num_test_ids=cuhk01_num_test_ids)
   prepare(builder, manual_dir)
