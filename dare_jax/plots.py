@@ -6,7 +6,7 @@ import json
 import os
 from typing import Mapping
 
-EMBEDDINGS = ('stage1', 'stage2', 'stage3', 'stage4', 'fused')
+from dare_jax.models.dare import EMBEDDINGS
 
 
 def _pyplot():

@@ -4,10 +4,10 @@ Wang et al., CVPR 2018 (DaRe): Figure 3 (error per exit and the learnt
 fusion weights), Figure 5 (anytime re-ID), Figure 6 (budgeted stream),
 Figure 7 (ranked lists per exit) and Figure 8 (easy and hard queries).
 
-Nothing here touches JAX, a model or a dataset: the callers (reports,
-tools) pass metrics, costs and images as Python / numpy values, and each
-figure is written as a PNG (matplotlib with the Agg backend, imported
-lazily, no display).
+Nothing here runs JAX, a model or a dataset (only their names are
+imported): the callers (reports, tools) pass metrics, costs and images as
+Python / numpy values, and each figure is written as a PNG (matplotlib with
+the Agg backend, imported lazily, no display).
 
 Costs are Mul-Adds; the axes show them scaled by a power of 1000 picked
 from the data ("Mul-Adds, x 1e9").
@@ -21,11 +21,13 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from dare_jax.budget import anytime
+from dare_jax.budget import stream
+from dare_jax.models import dare
 
-EMBEDDINGS = ('stage1', 'stage2', 'stage3', 'stage4', 'fused')
+EMBEDDINGS = dare.EMBEDDINGS
 # The exits of the budgeted stream (dare_jax/budget/stream.py).
 STREAM_EXITS = anytime.DARE_ANSWERS
-ROUTINGS = ('distance', 'margin', 'random')
+ROUTINGS = stream.ROUTINGS
 
 DPI = 110
 # Frame colours (RGB, uint8) of the ranked-list figures.

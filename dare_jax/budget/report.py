@@ -26,8 +26,8 @@ from dare_jax.budget import figures
 from dare_jax.budget import stream
 from dare_jax.data import augment
 from dare_jax.data import datasets
+from dare_jax.data import spec as spec_lib
 from dare_jax.evaluation import features as features_lib
-from dare_jax.evaluation import metrics as metrics_lib
 from dare_jax.models import dare
 
 REPORT = 'budget_report.json'
@@ -92,43 +92,19 @@ def _item_image(split, i: int, resize_hw) -> np.ndarray:
   return augment.load_image(split.paths[j], resize_hw)
 
 
-class _Retrieval:
-  """Top-k gallery lists per exit under the evaluation protocol."""
-
-  def __init__(self, feats, exits: Sequence[str], dataset, resize_hw):
-    self.feats, self.exits = feats, list(exits)
-    self.dataset, self.resize_hw = dataset, resize_hw
-    self.q_pids = np.asarray(feats['query_pids'])
-    self.q_cams = np.asarray(feats['query_camids'])
-    self.g_pids = np.asarray(feats['gallery_pids'])
-    self.g_cams = np.asarray(feats['gallery_camids'])
-    self.dist = {e: np.asarray(metrics_lib.pairwise_distances(
-        feats[f'query_{e}'], feats[f'gallery_{e}'])) for e in self.exits}
-
-  def ranked(self, exit_name: str, q: int) -> np.ndarray:
-    """Gallery indices by distance, junk and the query's own camera out."""
-    d = self.dist[exit_name][q].astype(np.float64)
-    removed = stream.removed(self.q_pids[q:q + 1], self.q_cams[q:q + 1],
-                             self.g_pids, self.g_cams)[0]
-    order = np.argsort(np.where(removed, np.inf, d), kind='stable')
-    return order[:int(np.count_nonzero(~removed))]
-
-  def top1_correct(self, exit_name: str) -> np.ndarray:
-    """bool [Q]: the first gallery image left is a match (rank-1 hit)."""
-    per_query = metrics_lib.evaluate_per_query(
-        self.dist[exit_name], self.q_pids, self.q_cams, self.g_pids,
-        self.g_cams)
-    return per_query['first_hit_rank'] == 0
-
-  def example(self, q: int, k: int) -> dict:
-    rows = {}
-    for e in self.exits:
-      top = self.ranked(e, q)[:k]
-      rows[e] = [(_item_image(self.dataset.gallery, int(g), self.resize_hw),
-                  bool(self.g_pids[g] == self.q_pids[q]), int(self.g_pids[g]),
-                  float(self.dist[e][q, g])) for g in top]
-    return {'query_image': _item_image(self.dataset.query, q, self.resize_hw),
-            'query_pid': int(self.q_pids[q]), 'rows': rows}
+def _example(retrievals, exits: Sequence[str], dataset, resize_hw, q: int,
+             k: int) -> dict:
+  """A query of a ranked-list figure: its image and each exit's top k."""
+  any_exit = retrievals[exits[0]]
+  q_pid = any_exit.q_pids[q]
+  rows = {}
+  for e in exits:
+    r = retrievals[e]
+    rows[e] = [(_item_image(dataset.gallery, int(g), resize_hw),
+                bool(r.g_pids[g] == q_pid), int(r.g_pids[g]),
+                float(r.dist_QxG[q, g])) for g in r.ranked(q)[:k]]
+  return {'query_image': _item_image(dataset.query, q, resize_hw),
+          'query_pid': int(q_pid), 'rows': rows}
 
 
 def _baseline_member(b: Baseline) -> tuple[str, int, dict]:
@@ -143,10 +119,22 @@ def _baseline_member(b: Baseline) -> tuple[str, int, dict]:
   return b.label, cost, metrics
 
 
-def resource_report(config, workdir: str,
-                    baselines: Sequence[Baseline] = ()) -> dict:
-  """Writes budget_report.json and the figures in workdir; returns the
-  report. Needs workdir/features.npz (train, eval or export write it)."""
+@dataclasses.dataclass(frozen=True)
+class ReportData:
+  """What compute_report finds: the JSON report and the figures' inputs."""
+  report: dict  # budget_report.json
+  metrics: dict  # {embedding: evaluate_ranking's dict} (Figure 3)
+  rank_lists: list  # Figure 7: one example dict per query, top_k each
+  easy: list  # Figure 8, 3 per row
+  hard: list
+  top_k: int
+
+
+def compute_report(config, workdir: str,
+                   baselines: Sequence[Baseline] = ()) -> ReportData:
+  """The resource report of workdir/features.npz (train, eval or export
+  write it); writes nothing. Each exit's retrieval is computed once and
+  shared by the metrics, the stream and the figures' examples."""
   bcfg = config.budget
   feats = features_lib.load_features(os.path.join(workdir, 'features.npz'))
   missing = [e for e in dare.EMBEDDINGS
@@ -157,7 +145,12 @@ def resource_report(config, workdir: str,
         'report needs a DaRe (4 exits and the fusion), not a TriNet.')
   exit_costs = costs_lib.config_exit_costs(config)
   logging.info('Mul-Adds per exit (cumulative): %s', exit_costs)
-  metrics = features_lib.evaluate_features_file(feats, ap=config.eval.ap)
+  retrievals = stream.exit_retrievals(feats, dare.EMBEDDINGS,
+                                      ap=config.eval.ap)
+  metrics = {}
+  for e in dare.EMBEDDINGS:
+    metrics[e] = retrievals[e].summary()
+    features_lib.log_metrics(e, metrics[e])
   weights, residual = fusion_weights(feats)
   answers = anytime.DARE_ANSWERS
   c_s = [exit_costs[a] for a in answers]
@@ -169,20 +162,18 @@ def resource_report(config, workdir: str,
         [_baseline_member(b) for b in baselines])
 
   budgets = np.linspace(c_s[0], c_s[-1], bcfg.num_budgets).tolist()
+  answer_retrievals = [retrievals[a] for a in answers]
   streams = {}
   for routing in stream.ROUTINGS:
     logging.info('Budgeted stream, %s routing, %d budgets.', routing,
                  len(budgets))
-    streams[routing] = stream.simulate(feats, answers, c_s, budgets,
-                                       routing=routing, seed=bcfg.seed,
-                                       ap=config.eval.ap)
+    streams[routing] = stream.simulate_retrievals(
+        answer_retrievals, c_s, budgets, routing=routing, seed=bcfg.seed)
 
   # Queries for the retrieval figures.
   dataset = datasets.load_dataset(config.data)
-  resize_hw = augment.resize_size(config.data.input_size,
-                                  config.data.resize_factor)
-  retrieval = _Retrieval(feats, answers, dataset, resize_hw)
-  correct = {e: retrieval.top1_correct(e) for e in answers}
+  resize_hw = spec_lib.ImageSize.from_data_config(config.data).resize_hw
+  correct = {e: retrievals[e].top1_correct() for e in answers}
   n = bcfg.num_examples
   # Figure 7: queries the first exit gets wrong and the last gets right
   # show what depth buys; the first such queries in file order.
@@ -190,10 +181,7 @@ def resource_report(config, workdir: str,
   # Figure 8: margin routing at the middle budget; easy = left at stage 1
   # and right there, hard = only the last answer is right.
   mid = 0.5 * (c_s[0] + c_s[-1])
-  conf_cols = [stream.confidences(retrieval.dist[e], retrieval.q_pids,
-                                  retrieval.q_cams, retrieval.g_pids,
-                                  retrieval.g_cams, kind='margin')
-               for e in answers[:-1]]
+  conf_cols = [retrievals[e].confidences('margin') for e in answers[:-1]]
   exit_q = stream.route(np.stack(conf_cols, 1), stream.conditional(
       stream.exit_fractions(c_s, mid)))
   easy = list(np.flatnonzero((exit_q == 0) & correct['stage1'])[:n])
@@ -215,8 +203,23 @@ def resource_report(config, workdir: str,
                    'easy_hard_budget': mid,
                    'stage1_exits_at_that_budget': int(np.sum(exit_q == 0))},
   }
+  k = bcfg.top_k
+  example = lambda q, k: _example(retrievals, answers, dataset, resize_hw,
+                                  q, k)
+  return ReportData(report=report, metrics=metrics,
+                    rank_lists=[example(q, k) for q in fig7],
+                    easy=[example(q, 3) for q in easy],
+                    hard=[example(q, 3) for q in hard], top_k=k)
+
+
+def write_report(data: ReportData, workdir: str) -> dict:
+  """Writes the figures and budget_report.json in workdir; returns the
+  report."""
+  report, metrics = data.report, data.metrics
+  exit_costs, curves = report['exit_costs'], report['anytime']
   out = lambda name: os.path.join(workdir, name)
-  figures.exit_errors(metrics, weights.tolist(), out('fig3_exits.png'))
+  figures.exit_errors(metrics, report['fusion_weights'],
+                      out('fig3_exits.png'))
   for metric, png in (('rank1', 'fig5_anytime.png'),
                       ('mAP', 'fig5_anytime_map.png')):
     figures.anytime_curve(
@@ -224,16 +227,21 @@ def resource_report(config, workdir: str,
          for k, v in curves.items()}, out(png), metric=metric)
   singles = {e: (exit_costs[e], metrics[e]['rank1'], metrics[e]['mAP'])
              for e in dare.EMBEDDINGS}
-  figures.stream_curves(streams, singles, out('fig6_stream.png'))
-  k = bcfg.top_k
-  figures.rank_lists([retrieval.example(q, k) for q in fig7],
-                     out('fig7_rank_lists.png'), k=k)
-  figures.easy_hard([retrieval.example(q, 3) for q in easy],
-                    [retrieval.example(q, 3) for q in hard],
-                    out('fig8_easy_hard.png'), k=3)
+  figures.stream_curves(report['stream']['results'], singles,
+                        out('fig6_stream.png'))
+  figures.rank_lists(data.rank_lists, out('fig7_rank_lists.png'),
+                     k=data.top_k)
+  figures.easy_hard(data.easy, data.hard, out('fig8_easy_hard.png'), k=3)
   reporting.write_json(out(REPORT), report)
   logging.info('Wrote %s and fig3/5/6/7/8 PNGs in %s.', REPORT, workdir)
   return report
+
+
+def resource_report(config, workdir: str,
+                    baselines: Sequence[Baseline] = ()) -> dict:
+  """compute_report, then write_report: the figures and budget_report.json
+  in workdir; returns the report."""
+  return write_report(compute_report(config, workdir, baselines), workdir)
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -256,7 +264,7 @@ def summary_lines(report: dict) -> list[str]:
 
 def budget_mode(config, workdir: str) -> dict:
   """--mode=budget: the report without baselines, summarised in the log."""
-  result = resource_report(config, workdir)
+  result = write_report(compute_report(config, workdir), workdir)
   for line in summary_lines(result):
     logging.info('%s', line)
   return result

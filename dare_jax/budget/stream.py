@@ -47,15 +47,19 @@ cost and fractions only, as the metrics leave it out).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from dare_jax import errors
 from dare_jax.budget import anytime
+from dare_jax.evaluation import features as features_lib
 from dare_jax.evaluation import metrics
 
 ROUTINGS = ('distance', 'margin', 'random')
+CONFIDENCES = ('distance', 'margin')  # The routings that read confidences.
 DEFAULT_EXITS = anytime.DARE_ANSWERS
 # Confidences are computed this many gallery entries at a time per query
 # chunk: [chunk, G] float64 intermediates stay near 8 MiB.
@@ -63,22 +67,25 @@ _CHUNK_ELEMENTS = 1 << 20
 
 
 def check_costs(costs_S: Sequence[float]) -> np.ndarray:
-  """float64 [S]; raises ValueError unless finite, positive, increasing."""
+  """float64 [S]; raises errors.ConfigError unless finite, positive,
+  increasing."""
   c = np.asarray(costs_S, np.float64)
   if c.ndim != 1 or c.size < 1:
-    raise ValueError(f'costs must be a non-empty list; got {costs_S!r}.')
+    raise errors.ConfigError(
+        f'costs must be a non-empty list; got {costs_S!r}.')
   if not np.all(np.isfinite(c)) or np.any(c <= 0):
-    raise ValueError(f'costs must be positive and finite; got {c.tolist()}.')
+    raise errors.ConfigError(
+        f'costs must be positive and finite; got {c.tolist()}.')
   if np.any(np.diff(c) <= 0):
-    raise ValueError('costs must increase strictly from exit to exit '
-                     f'(cumulative costs); got {c.tolist()}.')
+    raise errors.ConfigError('costs must increase strictly from exit to exit '
+                             f'(cumulative costs); got {c.tolist()}.')
   return c
 
 
 def _check_budget(budget) -> float:
   b = float(budget)
   if not math.isfinite(b):
-    raise ValueError(f'A budget must be finite; got {budget!r}.')
+    raise errors.ConfigError(f'A budget must be finite; got {budget!r}.')
   return b
 
 
@@ -197,21 +204,12 @@ def route_random(num_q: int, pi_S: Sequence[float],
   return np.argmax(leaves_QxS, axis=1)
 
 
-def removed(q_pids, q_camids, g_pids, g_camids):
-  """bool [Q, G]: gallery entries the protocol drops for each query (junk,
-  and the query's identity seen by its own known camera)."""
-  same_pid = g_pids[None, :] == q_pids[:, None]
-  same_cam = ((g_camids[None, :] == q_camids[:, None]) &
-              (g_camids[None, :] >= 0) & (q_camids[:, None] >= 0))
-  return (g_pids[None, :] == -1) | (same_pid & same_cam)
-
-
 def confidences(dist_QxG, q_pids, q_camids, g_pids, g_camids,
                 kind: str = 'distance') -> np.ndarray:
   """float64 [Q] confidence of each query ('distance' or 'margin')."""
-  if kind not in ('distance', 'margin'):
-    raise ValueError(f'Unknown confidence {kind!r}; expected distance or '
-                     'margin.')
+  if kind not in CONFIDENCES:
+    raise errors.ConfigError(f'Unknown confidence {kind!r}; expected '
+                             'distance or margin.')
   dist = np.asarray(dist_QxG)
   num_q, num_g = dist.shape
   qp, qc = np.asarray(q_pids), np.asarray(q_camids)
@@ -220,8 +218,8 @@ def confidences(dist_QxG, q_pids, q_camids, g_pids, g_camids,
   chunk = max(1, _CHUNK_ELEMENTS // max(num_g, 1))
   for a in range(0, num_q, chunk):
     b = min(a + chunk, num_q)
-    d = np.where(removed(qp[a:b], qc[a:b], gp, gc), np.inf,
-                 dist[a:b].astype(np.float64))
+    _, removed_CxG = metrics.removal_mask(qp[a:b], qc[a:b], gp, gc)
+    d = np.where(removed_CxG, np.inf, dist[a:b].astype(np.float64))
     if num_g == 0:
       out[a:b] = -np.inf
       continue
@@ -238,12 +236,89 @@ def confidences(dist_QxG, q_pids, q_camids, g_pids, g_camids,
   return out
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class ExitRetrieval:
+  """One exit's retrieval under the protocol, computed once and shared by
+  the stream, the metrics and the figures of a report.
+
+  Attributes:
+    name: the embedding.
+    dist_QxG: float32 [Q, G] Euclidean distances (metrics defaults).
+    per_query: metrics.evaluate_per_query's dict for them.
+    q_pids, q_camids, g_pids, g_camids: the features file's ids.
+  """
+  name: str
+  dist_QxG: np.ndarray
+  per_query: Mapping[str, np.ndarray]
+  q_pids: np.ndarray
+  q_camids: np.ndarray
+  g_pids: np.ndarray
+  g_camids: np.ndarray
+  # confidences(kind), filled on first use.
+  _confidences: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  @property
+  def ids(self) -> tuple[np.ndarray, ...]:
+    return self.q_pids, self.q_camids, self.g_pids, self.g_camids
+
+  def confidences(self, kind: str) -> np.ndarray:
+    """float64 [Q] confidences (module function `confidences`), cached."""
+    if kind not in self._confidences:
+      self._confidences[kind] = confidences(self.dist_QxG, *self.ids,
+                                            kind=kind)
+    return self._confidences[kind]
+
+  def summary(self, ranks: Sequence[int] = (1, 5, 10)) -> dict:
+    """metrics.summarize of the per-query results (evaluate_ranking's)."""
+    return metrics.summarize(self.per_query, ranks)
+
+  def top1_correct(self) -> np.ndarray:
+    """bool [Q]: the first gallery image left is a match (rank-1 hit)."""
+    return self.per_query['first_hit_rank'] == 0
+
+  def ranked(self, q: int) -> np.ndarray:
+    """int [G'] query q's gallery by distance (ties: gallery order), junk
+    and the query's own camera out."""
+    d = self.dist_QxG[q].astype(np.float64)
+    _, removed_1xG = metrics.removal_mask(
+        self.q_pids[q:q + 1], self.q_camids[q:q + 1], self.g_pids,
+        self.g_camids)
+    order = np.argsort(np.where(removed_1xG[0], np.inf, d), kind='stable')
+    return order[:int(np.count_nonzero(~removed_1xG[0]))]
+
+
 def _check_exits(feats: Mapping[str, np.ndarray], exits: Sequence[str]):
   for name in exits:
     for side in ('query', 'gallery'):
       if f'{side}_{name}' not in feats:
-        raise ValueError(f'No embedding {name!r} in the features (need '
-                         f'query_{name} and gallery_{name}).')
+        raise errors.DataError(f'No embedding {name!r} in the features '
+                               f'(need query_{name} and gallery_{name}).')
+
+
+def exit_retrievals(feats: Mapping[str, np.ndarray], exits: Sequence[str],
+                    ap: str = 'market') -> dict[str, ExitRetrieval]:
+  """{name: ExitRetrieval} for each exit of a features dict, in order."""
+  _check_exits(feats, exits)
+  ids = [np.asarray(feats[k]) for k in features_lib.ID_KEYS]
+  out = {}
+  for name in exits:
+    dist = np.asarray(metrics.pairwise_distances(
+        feats[f'query_{name}'], feats[f'gallery_{name}']))
+    out[name] = ExitRetrieval(name, dist,
+                              metrics.evaluate_per_query(dist, *ids, ap=ap),
+                              *ids)
+  return out
+
+
+def _check_stream(routing: str, num_exits: int, costs_S, budgets):
+  """(costs as an array, budgets as floats), or ConfigError."""
+  if routing not in ROUTINGS:
+    raise errors.ConfigError(f'Unknown routing {routing!r}; expected one of '
+                             f'{ROUTINGS}.')
+  c = check_costs(costs_S)
+  if num_exits != c.size:
+    raise errors.ConfigError(f'{num_exits} exits but {c.size} costs.')
+  return c, [_check_budget(b) for b in budgets]
 
 
 def simulate(feats: Mapping[str, np.ndarray], exits: Sequence[str],
@@ -265,27 +340,29 @@ def simulate(feats: Mapping[str, np.ndarray], exits: Sequence[str],
     [{'budget', 'exit_fractions': [S] realised, 'realized_cost', 'rank1',
       'mAP'}] one per budget (rank1 / mAP None if no query is valid).
   """
-  if routing not in ROUTINGS:
-    raise ValueError(f'Unknown routing {routing!r}; expected one of '
-                     f'{ROUTINGS}.')
   exits = list(exits)
-  c = check_costs(costs_S)
-  if len(exits) != c.size:
-    raise ValueError(f'{len(exits)} exits but {c.size} costs.')
-  budgets = [_check_budget(b) for b in budgets]
-  _check_exits(feats, exits)
-  ids = [np.asarray(feats[k]) for k in ('query_pids', 'query_camids',
-                                        'gallery_pids', 'gallery_camids')]
-  num_q = ids[0].size
-  per_exit, conf_cols = [], []
-  for s, name in enumerate(exits):
-    dist = np.asarray(metrics.pairwise_distances(
-        feats[f'query_{name}'], feats[f'gallery_{name}']))
-    per_exit.append(metrics.evaluate_per_query(dist, *ids, ap=ap))
-    if routing != 'random' and s < len(exits) - 1:
-      conf_cols.append(confidences(dist, *ids, kind=routing))
-  conf_QxS = (np.stack(conf_cols, axis=1) if conf_cols else
-              np.zeros((num_q, 0)))
+  c, budgets = _check_stream(routing, len(exits), costs_S, budgets)
+  retrievals = exit_retrievals(feats, exits, ap=ap)  # after the cheap checks
+  return simulate_retrievals([retrievals[e] for e in exits], c, budgets,
+                             routing=routing, seed=seed)
+
+
+def simulate_retrievals(retrievals: Sequence[ExitRetrieval],
+                        costs_S: Sequence[float], budgets: Sequence[float],
+                        routing: str = 'distance',
+                        seed: int = 0) -> list[dict]:
+  """simulate() from each exit's precomputed retrieval (cheapest first; the
+  AP kind is theirs)."""
+  retrievals = list(retrievals)
+  c, budgets = _check_stream(routing, len(retrievals), costs_S, budgets)
+  num_q = retrievals[0].q_pids.size
+  per_exit = [r.per_query for r in retrievals]
+  if routing == 'random':
+    conf_QxS = np.zeros((num_q, 0))
+  else:
+    conf_cols = [r.confidences(routing) for r in retrievals[:-1]]
+    conf_QxS = (np.stack(conf_cols, axis=1) if conf_cols else
+                np.zeros((num_q, 0)))
   results = []
   for b in budgets:
     if routing == 'random':

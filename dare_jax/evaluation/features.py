@@ -122,11 +122,16 @@ def evaluate_features_file(
       out[name] = metrics.evaluate_features(q, g, *ids, metric=metric,
                                             normalize=normalize, ranks=ranks,
                                             ap=ap)
-    r = out[name]
-    logging.info('%-8s%s rank1 %.4f mAP %.4f (%d of %d queries valid)', name,
-                 ' (re-ranked)' if rerank else '', r['rank1'], r['mAP'],
-                 r['num_valid_queries'], r['num_queries'])
+    log_metrics(name, out[name], reranked=rerank)
   return out
+
+
+def log_metrics(name: str, result: Mapping, reranked: bool = False) -> None:
+  """One log line of an embedding's evaluate_ranking result."""
+  logging.info('%-8s%s rank1 %.4f mAP %.4f (%d of %d queries valid)', name,
+               ' (re-ranked)' if reranked else '', result['rank1'],
+               result['mAP'], result['num_valid_queries'],
+               result['num_queries'])
 
 
 def evaluate_with_config(feats, eval_cfg, names=None) -> dict:

@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dare_jax import errors
+
 METRICS = ('euclidean', 'sqeuclidean', 'cosine')
 AP_KINDS = ('market', 'standard')
 
@@ -98,17 +100,19 @@ def pairwise_distances(q_QxD, g_GxD, metric: str = 'euclidean',
     float32 [Q, G] distances, on JAX's default device.
 
   Raises:
-    ValueError: unknown metric or feature shapes that do not agree.
+    errors.ConfigError (options) / errors.DataError (inputs), both
+    ValueErrors: unknown metric or feature shapes that do not agree.
   """
   if metric not in METRICS:
-    raise ValueError(f'Unknown metric {metric!r}; expected one of {METRICS}.')
+    raise errors.ConfigError(
+        f'Unknown metric {metric!r}; expected one of {METRICS}.')
   q_shape, g_shape = np.shape(q_QxD), np.shape(g_GxD)
   if len(q_shape) != 2 or len(g_shape) != 2:
-    raise ValueError(
+    raise errors.DataError(
         f'Features must be 2-D [N, D]; got query {q_shape} and gallery '
         f'{g_shape}.')
   if q_shape[1] != g_shape[1]:
-    raise ValueError(
+    raise errors.DataError(
         f'Query features have D={q_shape[1]} but gallery features have '
         f'D={g_shape[1]}.')
   return _pairwise_distances(jnp.asarray(q_QxD), jnp.asarray(g_GxD),
@@ -117,6 +121,31 @@ def pairwise_distances(q_QxD, g_GxD, metric: str = 'euclidean',
 
 # ----------------------------------------------------------------------------
 # Ranking.
+
+
+def removal_mask(q_pids, q_camids, g_pids, g_camids):
+  """The protocol's same-identity and removed masks (see the module doc).
+
+  Works on NumPy and jax.numpy arrays alike, by broadcasting.
+
+  Args:
+    q_pids, q_camids: int [Q] query person and camera ids.
+    g_pids, g_camids: int [G] gallery ids, or [Q, G] (a row of gallery ids
+      per query, e.g. already in each query's ranked order).
+
+  Returns:
+    (same_pid_QxG, removed_QxG), bool [Q, G]: the gallery entry has the
+    query's pid; the entry is dropped from the query's ranking (junk, pid
+    -1, or the query's pid seen by the query's own camera; an unknown camera,
+    camid -1, never matches).
+  """
+  q_pids_Qx1, q_camids_Qx1 = q_pids[:, None], q_camids[:, None]
+  same_pid_QxG = g_pids == q_pids_Qx1
+  # Unknown cameras (-1) never match: nothing is removed for them.
+  same_cam_QxG = ((g_camids == q_camids_Qx1) & (g_camids >= 0) &
+                  (q_camids_Qx1 >= 0))
+  removed_QxG = (g_pids == -1) | (same_pid_QxG & same_cam_QxG)
+  return same_pid_QxG, removed_QxG
 
 
 def _float_dtype():
@@ -149,7 +178,7 @@ def _radix_argsort_rows(x_CxG):
   idx_bits = max(1, (g - 1).bit_length())
   digit_bits = 31 - idx_bits  # The packed key stays a non-negative int32.
   if digit_bits < 1:
-    raise ValueError(f'A gallery of {g} images is too large to rank.')
+    raise errors.DataError(f'A gallery of {g} images is too large to rank.')
   num_passes = -(-32 // digit_bits)
   key_CxG = _ordered_uint32(x_CxG)
   pos_CxG = jax.lax.broadcasted_iota(jnp.int32, (c, g), 1)
@@ -186,11 +215,8 @@ def _rank_chunk(dist_CxG, q_pids_C, q_camids_C, g_pids_G, g_camids_G, ap,
   order_CxG = _stable_argsort_rows(dist_CxG, radix)
   pids_CxG = g_pids_G[order_CxG]
   cams_CxG = g_camids_G[order_CxG]
-  same_pid_CxG = pids_CxG == q_pids_C[:, None]
-  # Unknown cameras (-1) never match: nothing is removed for them.
-  same_cam_CxG = ((cams_CxG == q_camids_C[:, None]) & (cams_CxG >= 0) &
-                  (q_camids_C[:, None] >= 0))
-  removed_CxG = (pids_CxG == -1) | (same_pid_CxG & same_cam_CxG)
+  same_pid_CxG, removed_CxG = removal_mask(q_pids_C, q_camids_C, pids_CxG,
+                                           cams_CxG)
   good_CxG = same_pid_CxG & ~removed_CxG
   # rank: 1-based rank among the entries that survive removal (read only at
   # good, hence kept, positions); hit: running count of good entries.
@@ -229,21 +255,21 @@ def _rank_chunk(dist_CxG, q_pids_C, q_camids_C, g_pids_G, g_camids_G, ap,
 def _as_ids(x, name: str, length: Optional[int] = None) -> np.ndarray:
   x = np.asarray(x)
   if x.ndim != 1:
-    raise ValueError(f'{name} must be 1-D; got shape {x.shape}.')
+    raise errors.DataError(f'{name} must be 1-D; got shape {x.shape}.')
   if length is not None and len(x) != length:
-    raise ValueError(f'{name} has {len(x)} entries; expected {length}.')
+    raise errors.DataError(f'{name} has {len(x)} entries; expected {length}.')
   if x.size and not np.issubdtype(x.dtype, np.integer):
-    raise ValueError(f'{name} must hold integers; got dtype {x.dtype}.')
+    raise errors.DataError(f'{name} must hold integers; got dtype {x.dtype}.')
   if x.size and (x.min() < np.iinfo(np.int32).min or
                  x.max() > np.iinfo(np.int32).max):
-    raise ValueError(f'{name} has values outside the int32 range.')
+    raise errors.DataError(f'{name} has values outside the int32 range.')
   return x.astype(np.int32)
 
 
 def _check_dist(dist_QxG, q_pids, q_camids, g_pids, g_camids):
   shape = np.shape(dist_QxG)
   if len(shape) != 2:
-    raise ValueError(f'dist_QxG must be 2-D [Q, G]; got shape {shape}.')
+    raise errors.DataError(f'dist_QxG must be 2-D [Q, G]; got shape {shape}.')
   num_q, num_g = shape
   ids = (_as_ids(q_pids, 'q_pids', num_q), _as_ids(q_camids, 'q_camids', num_q),
          _as_ids(g_pids, 'g_pids', num_g), _as_ids(g_camids, 'g_camids', num_g))
@@ -278,10 +304,11 @@ def evaluate_per_query(dist_QxG, q_pids, q_camids, g_pids, g_camids, *,
       valid: bool [Q] the query has at least one good gallery image.
 
   Raises:
-    ValueError: shapes that do not agree, an unknown `ap`, a bad chunk size.
+    errors.ConfigError (options) / errors.DataError (inputs), both
+    ValueErrors: shapes that do not agree, an unknown `ap`, a bad chunk size.
   """
   if ap not in AP_KINDS:
-    raise ValueError(f'Unknown ap {ap!r}; expected one of {AP_KINDS}.')
+    raise errors.ConfigError(f'Unknown ap {ap!r}; expected one of {AP_KINDS}.')
   num_q, num_g, (qp, qc, gp, gc) = _check_dist(
       dist_QxG, q_pids, q_camids, g_pids, g_camids)
   if query_chunk is None:
@@ -289,7 +316,7 @@ def evaluate_per_query(dist_QxG, q_pids, q_camids, g_pids, g_camids, *,
   else:
     if (isinstance(query_chunk, bool) or
         not isinstance(query_chunk, (int, np.integer)) or query_chunk < 1):
-      raise ValueError(
+      raise errors.ConfigError(
           f'query_chunk must be a positive int; got {query_chunk!r}.')
     chunk = int(min(query_chunk, max(num_q, 1)))
   if num_q == 0 or num_g == 0:
@@ -339,7 +366,7 @@ def _check_ranks(ranks: Sequence[int]) -> tuple[int, ...]:
   ranks = tuple(ranks)
   for k in ranks:
     if (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
-      raise ValueError(f'ranks must be positive ints; got {ranks!r}.')
+      raise errors.ConfigError(f'ranks must be positive ints; got {ranks!r}.')
   return tuple(int(k) for k in ranks)
 
 
@@ -355,13 +382,14 @@ def summarize(per_query: dict, ranks: Sequence[int] = (1, 5, 10)) -> dict:
      'num_queries': int}; fractions in [0, 1].
 
   Raises:
-    ValueError: no query has a good gallery image, or bad ranks.
+    errors.ConfigError (options) / errors.DataError (inputs), both
+    ValueErrors: no query has a good gallery image, or bad ranks.
   """
   ranks = _check_ranks(ranks)
   valid = np.asarray(per_query['valid'], bool)
   num_valid = int(valid.sum())
   if num_valid == 0:
-    raise ValueError(
+    raise errors.DataError(
         'No query has a good gallery image (same pid, different camera): '
         'CMC and mAP are undefined.')
   first = np.asarray(per_query['first_hit_rank'])[valid]
@@ -394,7 +422,8 @@ def evaluate_ranking(dist_QxG, q_pids, q_camids, g_pids, g_camids, *,
      'num_queries': int}; fractions in [0, 1].
 
   Raises:
-    ValueError: bad shapes or options, or no valid query at all.
+    errors.ConfigError (options) / errors.DataError (inputs), both
+    ValueErrors: bad shapes or options, or no valid query at all.
   """
   ranks = _check_ranks(ranks)
   per_query = evaluate_per_query(dist_QxG, q_pids, q_camids, g_pids, g_camids,
@@ -420,11 +449,12 @@ def evaluate_features(q_feats, g_feats, q_pids, q_camids, g_pids, g_camids,
     evaluate_ranking's dict.
 
   Raises:
-    ValueError: as pairwise_distances and evaluate_ranking.
+    errors.ConfigError (options) / errors.DataError (inputs), both
+    ValueErrors: as pairwise_distances and evaluate_ranking.
   """
   # Option errors surface before the distances are computed.
   if kwargs.get('ap', 'market') not in AP_KINDS:
-    raise ValueError(
+    raise errors.ConfigError(
         f'Unknown ap {kwargs["ap"]!r}; expected one of {AP_KINDS}.')
   _check_ranks(kwargs.get('ranks', ()))
   dist_QxG = pairwise_distances(q_feats, g_feats, metric=metric,

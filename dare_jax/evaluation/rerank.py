@@ -56,6 +56,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dare_jax import errors
+
 # Words per [C, N] distance tile (and per [C, G] output chunk). 4M words =
 # 16 MiB on CPU (Market-1501: 217 rows a tile); accelerators get bigger tiles
 # because each chunk is one dispatch and their per-dispatch cost dominates
@@ -436,21 +438,21 @@ def _check_int(value, name: str, low: int, high: Optional[int] = None) -> int:
   if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or
       value < low or (high is not None and value > high)):
     bound = f'in [{low}, {high}]' if high is not None else f'>= {low}'
-    raise ValueError(f'{name} must be an int {bound}; got {value!r}.')
+    raise errors.ConfigError(f'{name} must be an int {bound}; got {value!r}.')
   return int(value)
 
 
 def _check_options(k1, k2, lambda_value, n, chunk):
   k1 = _check_int(k1, 'k1', 1)
   if k1 + 1 > n:
-    raise ValueError(
+    raise errors.ConfigError(
         f'k1 + 1 = {k1 + 1} neighbours requested but there are only {n} '
         'images (queries + gallery).')
   k2 = _check_int(k2, 'k2', 1, n)
   if (isinstance(lambda_value, bool) or
       not isinstance(lambda_value, numbers.Real) or
       not 0.0 <= float(lambda_value) <= 1.0):
-    raise ValueError(
+    raise errors.ConfigError(
         f'lambda_value must be a number in [0, 1]; got {lambda_value!r}.')
   if chunk is not None:
     chunk = _check_int(chunk, 'chunk', 1)
@@ -488,18 +490,19 @@ def rerank_features(q_QxD, g_GxD, k1: int = 20, k2: int = 6,
     device.
 
   Raises:
-    ValueError: bad feature shapes or options (the message names the
+    errors.ConfigError (options) / errors.DataError (inputs), both
+    ValueErrors: bad feature shapes or options (the message names the
       argument).
   """
   q_shape, g_shape = np.shape(q_QxD), np.shape(g_GxD)
   if len(q_shape) != 2 or len(g_shape) != 2:
-    raise ValueError(
+    raise errors.DataError(
         f'q_QxD and g_GxD must be 2-D [N, D]; got {q_shape} and {g_shape}.')
   if q_shape[1] != g_shape[1]:
-    raise ValueError(
+    raise errors.DataError(
         f'q_QxD has D={q_shape[1]} but g_GxD has D={g_shape[1]}.')
   if q_shape[0] < 1 or g_shape[0] < 1:
-    raise ValueError(
+    raise errors.DataError(
         f'q_QxD and g_GxD need at least one row; got {q_shape} and '
         f'{g_shape}.')
   num_q, n = q_shape[0], q_shape[0] + g_shape[0]
@@ -532,16 +535,18 @@ def rerank_distances(dist_q_g, dist_q_q, dist_g_g, k1: int = 20, k2: int = 6,
     float32 [Q, G] re-ranked distances.
 
   Raises:
-    ValueError: shapes that do not agree, or bad options.
+    errors.ConfigError (options) / errors.DataError (inputs), both
+    ValueErrors: shapes that do not agree, or bad options.
   """
   sqg, sqq, sgg = np.shape(dist_q_g), np.shape(dist_q_q), np.shape(dist_g_g)
   if len(sqg) != 2 or min(sqg) < 1:
-    raise ValueError(f'dist_q_g must be [Q, G] with Q, G >= 1; got {sqg}.')
+    raise errors.DataError(
+        f'dist_q_g must be [Q, G] with Q, G >= 1; got {sqg}.')
   num_q, num_g = sqg
   if sqq != (num_q, num_q):
-    raise ValueError(f'dist_q_q must be [{num_q}, {num_q}]; got {sqq}.')
+    raise errors.DataError(f'dist_q_q must be [{num_q}, {num_q}]; got {sqq}.')
   if sgg != (num_g, num_g):
-    raise ValueError(f'dist_g_g must be [{num_g}, {num_g}]; got {sgg}.')
+    raise errors.DataError(f'dist_g_g must be [{num_g}, {num_g}]; got {sgg}.')
   n = num_q + num_g
   k1, k2, lambda_value, chunk = _check_options(k1, k2, lambda_value, n, chunk)
   orig_NxN = _prepare_dense(jnp.asarray(dist_q_g), jnp.asarray(dist_q_q),

@@ -17,6 +17,7 @@ Bad flags or files: one line `error: ...` on stderr, exit status 1.
 from absl import app
 from absl import flags
 
+from dare_jax import errors
 from dare_jax.budget import stream
 from dare_jax.evaluation import features as features_lib
 from dare_jax.evaluation import metrics
@@ -39,44 +40,46 @@ FLAGS = flags.FLAGS
 
 def _numbers(flag: str, text) -> list[float]:
   if not text or not text.strip():
-    raise ValueError(f'--{flag} is required (comma-separated numbers).')
+    raise errors.ConfigError(f'--{flag} is required (comma-separated numbers).')
   try:
     return [float(v) for v in text.split(',')]
   except ValueError:
-    raise ValueError(f'--{flag}={text!r}: not a comma-separated list of '
-                     'numbers.') from None
+    raise errors.ConfigError(f'--{flag}={text!r}: not a comma-separated '
+                             'list of numbers.') from None
 
 
 def _parse():
   exits = [e.strip() for e in FLAGS.exits.split(',')]
   if not all(exits):
-    raise ValueError(f'--exits={FLAGS.exits!r} has an empty name.')
+    raise errors.ConfigError(f'--exits={FLAGS.exits!r} has an empty name.')
   costs = _numbers('costs', FLAGS.costs)
   if len(costs) != len(exits):
-    raise ValueError(f'--costs has {len(costs)} values but --exits names '
-                     f'{len(exits)} exits.')
+    raise errors.ConfigError(f'--costs has {len(costs)} values but --exits '
+                             f'names {len(exits)} exits.')
   stream.check_costs(costs)
   budgets = _numbers('budgets', FLAGS.budgets)
   if FLAGS.routing not in stream.ROUTINGS:
-    raise ValueError(f'--routing={FLAGS.routing!r}: expected one of '
-                     f'{", ".join(stream.ROUTINGS)}.')
+    raise errors.ConfigError(f'--routing={FLAGS.routing!r}: expected one of '
+                             f'{", ".join(stream.ROUTINGS)}.')
   try:
     seed = int(FLAGS.seed)
   except ValueError:
-    raise ValueError(f'--seed={FLAGS.seed!r}: not an integer.') from None
+    raise errors.ConfigError(
+        f'--seed={FLAGS.seed!r}: not an integer.') from None
   if seed < 0:
-    raise ValueError(f'--seed={seed}: must be >= 0.')
+    raise errors.ConfigError(f'--seed={seed}: must be >= 0.')
   if FLAGS.ap not in metrics.AP_KINDS:
-    raise ValueError(f'--ap={FLAGS.ap!r}: expected one of '
-                     f'{", ".join(metrics.AP_KINDS)}.')
+    raise errors.ConfigError(f'--ap={FLAGS.ap!r}: expected one of '
+                             f'{", ".join(metrics.AP_KINDS)}.')
   return exits, costs, budgets, seed
 
 
 def main(argv):
   def compute():
     if len(argv) != 2:
-      raise ValueError('usage: python -m dare_jax.tools.budgeted '
-                       'FEATURES.npz --costs=... --budgets=... [--flags]')
+      raise errors.ConfigError(
+          'usage: python -m dare_jax.tools.budgeted FEATURES.npz '
+          '--costs=... --budgets=... [--flags]')
     exits, costs, budgets, seed = _parse()
     feats = features_lib.load_features(argv[1])
     return stream.simulate(feats, exits, costs, budgets,

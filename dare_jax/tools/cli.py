@@ -12,7 +12,7 @@ def emit_json(compute: Callable[[], Any], indent=None) -> int:
   """Runs compute() and prints its result as JSON; returns the exit status."""
   try:
     out = compute()
-  except (errors.UserError, ValueError) as e:
+  except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   json.dump(out, sys.stdout, indent=indent)

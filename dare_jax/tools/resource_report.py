@@ -35,7 +35,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
     baselines = [report.parse_baseline(b) for b in FLAGS.baseline]
-    result = report.resource_report(FLAGS.config, FLAGS.workdir, baselines)
+    data = report.compute_report(FLAGS.config, FLAGS.workdir, baselines)
+    result = report.write_report(data, FLAGS.workdir)
   except errors.UserError as e:
     logging.error('%s', e)
     raise SystemExit(f'error: {e}') from None
