@@ -1,5 +1,5 @@
-"""dare_jax/bench/torch_peer.py and dare_jax/bench/input_pipeline.py against
-independent references: the PyTorch peer's loss against dare_jax.losses and
+"""dare_jax/bench/torch_peer.py (its model: dare_jax/references/torch_dare.py)
+and dare_jax/bench/input_pipeline.py against independent references: the PyTorch peer's loss against dare_jax.losses and
 a float64 numpy transcription of Hermans et al.; its hook-counted Mul-Adds
 against dare_jax.budget.costs's jaxpr count of the same architecture; the
 input bench's counts, and its JPEG source against the images it wrote."""
@@ -12,6 +12,7 @@ import pytest
 from configs import smoke
 from dare_jax.bench import input_pipeline as ib
 from dare_jax.data import augment
+from dare_jax.data import spec
 from dare_jax.data import synthetic
 from dare_jax.data.types import Split
 
@@ -45,10 +46,11 @@ def test_torch_loss_equals_jax_and_numpy(torch):
   import jax
   from dare_jax import losses
   from dare_jax.bench import torch_peer
+  from dare_jax.models import dare
   rng = np.random.default_rng(0)
   pids = np.repeat(rng.permutation(50)[:6] + 1, 4)  # P=6 x K=4, shuffled ids
   embs = {name: rng.normal(size=(24, 16)).astype(np.float32) * s
-          for name, s in zip(torch_peer.EMBEDDINGS, (0.1, 0.5, 1., 2., 4.))}
+          for name, s in zip(dare.EMBEDDINGS, (0.1, 0.5, 1., 2., 4.))}
   got = torch_peer.deep_supervision_loss(
       {k: torch.from_numpy(v) for k, v in embs.items()},
       torch.from_numpy(pids), 1e-8).item()
@@ -74,9 +76,10 @@ def test_torch_forward_macs_equal_jaxpr_count(torch, depth, stage_sizes,
   from dare_jax.bench import torch_peer
   from dare_jax.budget import costs
   from dare_jax.models import dare
+  from dare_jax.models import resnet
   c = smoke.get_config()
   c.model.depth = 0 if stage_sizes else depth
-  c.model.block = torch_peer.DEPTHS[depth][0]
+  c.model.block = resnet.DEPTHS[depth][0]
   c.model.stage_sizes = stage_sizes or ()
   c.model.width = width
   c.model.head_hidden, c.model.embedding_dim = 1024, 128
@@ -111,7 +114,7 @@ def tiny():
   ds = synthetic.make_synthetic(
       num_train_ids=s.num_train_ids, num_test_ids=s.num_test_ids,
       num_cameras=s.num_cameras, hard_fraction=s.hard_fraction, seed=s.seed,
-      image_size=augment.resize_size(c.data.input_size, c.data.resize_factor))
+      image_size=spec.ImageSize.from_data_config(c.data).resize_hw)
   return c, ds
 
 

@@ -109,11 +109,11 @@ def test_cli_prints_one_json_object(tmp_path):
 
 
 def _reranked_reference(feats, name, k1, k2, lam):
-  from tests import rerank_reference  # pylint: disable=g-import-not-at-top
+  from dare_jax.references import authors_rerank  # pylint: disable=g-import-not-at-top
   q = feats[f'query_{name}'].astype(np.float64)
   g = feats[f'gallery_{name}'].astype(np.float64)
   dist = lambda a, b: ref.pairwise_distances(a, b, 'euclidean')
-  reranked = rerank_reference.re_ranking(dist(q, g), dist(q, q), dist(g, g),
+  reranked = authors_rerank.re_ranking(dist(q, g), dist(q, q), dist(g, g),
                                          k1=k1, k2=k2, lambda_value=lam)
   return ref.evaluate(reranked, feats['query_pids'], feats['query_camids'],
                       feats['gallery_pids'], feats['gallery_camids'])

@@ -5,7 +5,7 @@ import pytest
 
 from dare_jax.evaluation import metrics
 from dare_jax.evaluation import rerank
-from tests import rerank_reference as ref
+from dare_jax.references import authors_rerank as ref
 
 NUM_Q, NUM_G, DIM = 60, 243, 32  # N = 303: prime, so no chunk divides it.
 

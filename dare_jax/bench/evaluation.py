@@ -11,7 +11,8 @@ mAP and the neighbour sets behave like a real re-ID embedding's (plain mAP
       call with compilation, warm = second) against a vectorised NumPy
       implementation of the same protocol written here;
   (b) re-ranking: rerank.rerank_features against the authors' dense NumPy
-      re_ranking (a transcription here, with progress output), at full size
+      re_ranking (dare_jax/references/authors_rerank.py, the transcription
+      the tests check against, with progress output), at full size
       when the machine has the memory for the authors' N x N arrays.
 Both report wall time, peak memory and the largest difference between the
 two results. Peak memory: on CPU the growth of the process's resident set
@@ -34,6 +35,7 @@ import numpy as np
 
 from dare_jax.evaluation import metrics
 from dare_jax.evaluation import rerank
+from dare_jax.references import authors_rerank
 
 MARKET = dict(num_q=3368, num_g=15913, dim=128, num_ids=1500)
 QUICK = dict(num_q=300, num_g=1500, dim=64, num_ids=150)
@@ -89,7 +91,8 @@ def numpy_distances(q, g, dtype=np.float32, chunk=2048):
 
 def numpy_evaluate(dist, q_pids, q_cams, g_pids, g_cams, ranks=(1, 5, 10),
                    chunk=256):
-  """Market-1501 protocol (market AP), vectorised over query chunks.
+  """Market-1501 protocol (market AP), vectorised over query chunks; which
+  entries are dropped is metrics.removal_mask's (the protocol's one rule).
 
   Returns (summary dict, per-query AP [Q], valid [Q]).
   """
@@ -99,9 +102,8 @@ def numpy_evaluate(dist, q_pids, q_cams, g_pids, g_cams, ranks=(1, 5, 10),
   for s in range(0, num_q, chunk):
     e = min(s + chunk, num_q)
     order = np.argsort(dist[s:e], axis=1, kind='stable')
-    pids, cams = g_pids[order], g_cams[order]
-    same_pid = pids == q_pids[s:e, None]
-    removed = (pids == -1) | (same_pid & (cams == q_cams[s:e, None]))
+    same_pid, removed = metrics.removal_mask(q_pids[s:e], q_cams[s:e],
+                                             g_pids[order], g_cams[order])
     good = same_pid & ~removed
     rank = np.cumsum(~removed, axis=1)  # 1-based among kept entries.
     hit = np.cumsum(good, axis=1)
@@ -121,89 +123,6 @@ def numpy_evaluate(dist, q_pids, q_cams, g_pids, g_cams, ranks=(1, 5, 10),
   out['mAP'] = float(ap[valid].mean())
   out['num_valid_queries'] = int(valid.sum())
   return out, ap, valid
-
-
-def authors_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6,
-                       lambda_value=0.3, progress=None, argsort_kind=None):
-  """The authors' re_ranking.py (Zhong et al.), unchanged but for progress.
-
-  argsort_kind=None is their np.argsort (quicksort: no defined order among
-  equal distances); 'stable' breaks ties by index, as jax.lax.top_k does.
-  """
-  report = progress or (lambda *_: None)
-  original_dist = np.concatenate(
-      [np.concatenate([q_q_dist, q_g_dist], axis=1),
-       np.concatenate([q_g_dist.T, g_g_dist], axis=1)],
-      axis=0)
-  original_dist = np.power(original_dist, 2).astype(np.float32)
-  original_dist = np.transpose(1. * original_dist /
-                               np.max(original_dist, axis=0))
-  V = np.zeros_like(original_dist).astype(np.float32)
-  report('argsort')
-  initial_rank = np.argsort(original_dist, kind=argsort_kind).astype(np.int32)
-
-  query_num = q_g_dist.shape[0]
-  gallery_num = q_g_dist.shape[0] + q_g_dist.shape[1]
-  all_num = gallery_num
-  step = max(1, all_num // 10)
-
-  for i in range(all_num):
-    if i % step == 0:
-      report(f'k-reciprocal sets {i}/{all_num}')
-    forward_k_neigh_index = initial_rank[i, :k1 + 1]
-    backward_k_neigh_index = initial_rank[forward_k_neigh_index, :k1 + 1]
-    fi = np.where(backward_k_neigh_index == i)[0]
-    k_reciprocal_index = forward_k_neigh_index[fi]
-    k_reciprocal_expansion_index = k_reciprocal_index
-    for j in range(len(k_reciprocal_index)):
-      candidate = k_reciprocal_index[j]
-      candidate_forward_k_neigh_index = initial_rank[
-          candidate, :int(np.around(k1 / 2.)) + 1]
-      candidate_backward_k_neigh_index = initial_rank[
-          candidate_forward_k_neigh_index, :int(np.around(k1 / 2.)) + 1]
-      fi_candidate = np.where(candidate_backward_k_neigh_index == candidate)[0]
-      candidate_k_reciprocal_index = candidate_forward_k_neigh_index[
-          fi_candidate]
-      if len(np.intersect1d(candidate_k_reciprocal_index, k_reciprocal_index)
-            ) > 2. / 3 * len(candidate_k_reciprocal_index):
-        k_reciprocal_expansion_index = np.append(
-            k_reciprocal_expansion_index, candidate_k_reciprocal_index)
-
-    k_reciprocal_expansion_index = np.unique(k_reciprocal_expansion_index)
-    weight = np.exp(-original_dist[i, k_reciprocal_expansion_index])
-    V[i, k_reciprocal_expansion_index] = 1. * weight / np.sum(weight)
-  original_dist = original_dist[:query_num,]
-  if k2 != 1:
-    report('query expansion')
-    V_qe = np.zeros_like(V, dtype=np.float32)
-    for i in range(all_num):
-      V_qe[i, :] = np.mean(V[initial_rank[i, :k2], :], axis=0)
-    V = V_qe
-    del V_qe
-  del initial_rank
-  report('inverted index')
-  invIndex = []
-  for i in range(gallery_num):
-    invIndex.append(np.where(V[:, i] != 0)[0])
-
-  jaccard_dist = np.zeros_like(original_dist, dtype=np.float32)
-
-  report('jaccard')
-  for i in range(query_num):
-    temp_min = np.zeros(shape=[1, gallery_num], dtype=np.float32)
-    indNonZero = np.where(V[i, :] != 0)[0]
-    indImages = [invIndex[ind] for ind in indNonZero]
-    for j in range(len(indNonZero)):
-      temp_min[0, indImages[j]] = temp_min[0, indImages[j]] + np.minimum(
-          V[i, indNonZero[j]], V[indImages[j], indNonZero[j]])
-    jaccard_dist[i] = 1 - temp_min / (2. - temp_min)
-
-  final_dist = jaccard_dist * (1 - lambda_value) + original_dist * lambda_value
-  del original_dist
-  del V
-  del jaccard_dist
-  final_dist = final_dist[:query_num, query_num:]
-  return final_dist
 
 
 # ----------------------------------------------------------------------------
@@ -329,7 +248,7 @@ def bench_rerank(data, run_authors, argsort_kind=None):
   d_gg = numpy_distances(g, g, np.float64)
   res['numpy_distance_seconds'] = time.perf_counter() - start
   t0 = time.perf_counter()
-  theirs, sec, mem = _timed(lambda: authors_re_ranking(
+  theirs, sec, mem = _timed(lambda: authors_rerank.re_ranking(
       d_qg, d_qq, d_gg, K1, K2, LAMBDA, argsort_kind=argsort_kind,
       progress=lambda m: _log(f'  authors: {m} '
                               f'({time.perf_counter() - t0:.0f} s)')))

@@ -7,8 +7,9 @@ r"""Benchmark: the PyTorch peer of our train step, to run beside it on one GPU.
 
 The same training step as dare_jax/train.py, written the way a PyTorch user
 would write it fast: a torchvision-layout ResNet (torchvision's resnet50
-when torchvision imports, else the equivalent ResNet below: v1.5, the stride
-in the 3x3 conv) with DaRe's 4 exit heads (GAP -> Linear(C_s, 1024) ->
+when torchvision imports, else the equivalent ResNet of
+dare_jax/references/torch_dare.py: v1.5, the stride in the 3x3 conv) with
+DaRe's 4 exit heads (GAP -> Linear(C_s, 1024) ->
 BatchNorm1d -> ReLU -> Linear(1024, 128)) and the fusion sum_s w_s phi_s
 (4 scalars, init uniform[-0.5, 0.5]); the batch-hard soft-margin triplet
 loss of dare_jax/losses.py on each of the 5 embeddings, summed; Adam(3e-4,
@@ -30,8 +31,9 @@ and the model TFLOP/s with our formula: FLOPs/image = 3 x forward Mul-Adds
 x 2, forward Mul-Adds counted by dare_jax.budget.costs's definition (see
 forward_macs: conv and linear layers, plus the fusion's 4 x 128).
 
-Imports neither TensorFlow nor ml_collections, nor JAX: it runs on a machine
-that has only PyTorch.
+Imports neither TensorFlow nor ml_collections, nor JAX (the model comes from
+dare_jax/references/torch_dare.py, which imports torch only): it runs on a
+machine that has only PyTorch.
 """
 
 from __future__ import annotations
@@ -41,16 +43,13 @@ import datetime
 import json
 import sys
 import time
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping
+from typing import Any, Optional, Sequence, Union
 
 K = 4  # images per identity, as config.train.K
 EPS = 1e-8  # D(a, b) = sqrt(||a - b||^2 + eps), as config.loss.eps
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-EXITS = ('stage1', 'stage2', 'stage3', 'stage4')
-EMBEDDINGS = EXITS + ('fused',)
-DEPTHS = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)),
-          50: ('bottleneck', (3, 4, 6, 3)), 101: ('bottleneck', (3, 4, 23, 3))}
 
 
 def import_torch():
@@ -65,126 +64,21 @@ def import_torch():
 
 
 # ----------------------------------------------------------------------------
-# The model. Built inside a function so that importing this module does not
-# import torch.
+# The model: dare_jax/references/torch_dare.py, imported inside the functions
+# so that importing this module does not import torch.
 
 
 def build_model(depth: int = 50, width: int = 64, head_hidden: int = 1024,
                 embedding_dim: int = 128, use_torchvision: bool = True,
                 stage_sizes: Optional[Sequence[int]] = None):
-  """DaRe on a torchvision-layout ResNet: x [B, 3, H, W] -> {stage1..4,
-  fused: [B, embedding_dim]}. torchvision's resnet<depth>(weights=None) is
-  the backbone when it imports (and width == 64 and stage_sizes is None),
-  else the ResNet below. stage_sizes: blocks per stage instead of depth's
-  (depth then only picks the block type, like config.model.stage_sizes)."""
-  torch = import_torch()
-  nn, F = torch.nn, torch.nn.functional
-  if depth not in DEPTHS:
-    raise ValueError(f'--depth={depth} must be one of {sorted(DEPTHS)}.')
-  block_name, default_sizes = DEPTHS[depth]
-  stage_sizes = tuple(stage_sizes or default_sizes)
-
-  class Basic(nn.Module):
-    expansion = 1
-
-    def __init__(self, cin, planes, stride, downsample):
-      super().__init__()
-      self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(planes)
-      self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-      self.bn2 = nn.BatchNorm2d(planes)
-      self.downsample = downsample
-
-    def forward(self, x):
-      y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-      return F.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-  class Bottleneck(nn.Module):
-    expansion = 4  # v1.5: the stride sits in the 3x3 conv2
-
-    def __init__(self, cin, planes, stride, downsample):
-      super().__init__()
-      self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(planes)
-      self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-      self.bn2 = nn.BatchNorm2d(planes)
-      self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-      self.bn3 = nn.BatchNorm2d(planes * 4)
-      self.downsample = downsample
-
-    def forward(self, x):
-      y = F.relu(self.bn1(self.conv1(x)))
-      y = F.relu(self.bn2(self.conv2(y)))
-      y = self.bn3(self.conv3(y))
-      return F.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-  class ResNet(nn.Module):
-    """torchvision's module names and init (kaiming fan_out, BN 1/0)."""
-
-    def __init__(self):
-      super().__init__()
-      block = Bottleneck if block_name == 'bottleneck' else Basic
-      self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
-      self.bn1 = nn.BatchNorm2d(width)
-      self.relu = nn.ReLU(inplace=True)
-      self.maxpool = nn.MaxPool2d(3, 2, 1)
-      cin = width
-      for s, n in enumerate(stage_sizes):
-        planes, layers = width * 2**s, []
-        for b in range(n):
-          stride = 2 if s > 0 and b == 0 else 1
-          down = None
-          if stride != 1 or cin != planes * block.expansion:
-            down = nn.Sequential(
-                nn.Conv2d(cin, planes * block.expansion, 1, stride,
-                          bias=False),
-                nn.BatchNorm2d(planes * block.expansion))
-          layers.append(block(cin, planes, stride, down))
-          cin = planes * block.expansion
-        setattr(self, f'layer{s + 1}', nn.Sequential(*layers))
-      for m in self.modules():
-        if isinstance(m, nn.Conv2d):
-          nn.init.kaiming_normal_(m.weight, mode='fan_out',
-                                  nonlinearity='relu')
-
-  backbone = None
-  if use_torchvision and width == 64 and stage_sizes == default_sizes:
-    try:
-      import torchvision  # pylint: disable=g-import-not-at-top
-      backbone = getattr(torchvision.models, f'resnet{depth}')(weights=None)
-    except ImportError:
-      pass
-  if backbone is None:
-    backbone = ResNet()
-  expansion = 4 if block_name == 'bottleneck' else 1
-  channels = [width * 2**s * expansion for s in range(4)]
-
-  class DaRe(nn.Module):
-
-    def __init__(self):
-      super().__init__()
-      self.backbone = backbone
-      self.heads = nn.ModuleList([
-          nn.Sequential(nn.Linear(c, head_hidden), nn.BatchNorm1d(head_hidden),
-                        nn.ReLU(inplace=True),
-                        nn.Linear(head_hidden, embedding_dim))
-          for c in channels])
-      self.fusion = nn.Parameter(torch.empty(4).uniform_(-0.5, 0.5))
-      self.torchvision = type(backbone).__module__.startswith('torchvision')
-
-    def forward(self, x):
-      b = self.backbone
-      x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-      out = {}
-      for name, layer, head in zip(EXITS, (b.layer1, b.layer2, b.layer3,
-                                           b.layer4), self.heads):
-        x = layer(x)
-        # GAP accumulated in float32, embeddings float32 (as dare.ExitHead).
-        out[name] = head(x.mean(dim=(2, 3), dtype=torch.float32)).float()
-      out['fused'] = sum(self.fusion[s] * out[n] for s, n in enumerate(EXITS))
-      return out
-
-  return DaRe()
+  """DaRe on a torchvision-layout ResNet: x [B, 3, H, W] -> (stage1..4,
+  fused), [B, embedding_dim] each (references.torch_dare.build_model)."""
+  import_torch()
+  from dare_jax.references import torch_dare  # pylint: disable=g-import-not-at-top
+  return torch_dare.build_model(depth, width=width, head_hidden=head_hidden,
+                                embedding_dim=embedding_dim,
+                                use_torchvision=use_torchvision,
+                                stage_sizes=stage_sizes)
 
 
 def forward_macs(model, input_hw: Sequence[int], embedding_dim: int) -> int:
@@ -195,7 +89,8 @@ def forward_macs(model, input_hw: Sequence[int], embedding_dim: int) -> int:
   runs; biases, BatchNorm, ReLU, pooling and additions are not counted, as
   costs.py counts only conv_general_dilated and dot_general. The fusion is
   elementwise, invisible to hooks (and to costs.py's trace), so its
-  4 x embedding_dim Mul-Adds are added as costs.exit_costs adds them to
+  4 x embedding_dim Mul-Adds (one per exit and dimension) are added as
+  costs.exit_costs adds them to
   'fused'. The result equals costs.exit_costs(...)['fused'] of the same
   architecture (tests/bench_input_torch_test.py checks).
   """
@@ -226,7 +121,7 @@ def forward_macs(model, input_hw: Sequence[int], embedding_dim: int) -> int:
     for h in handles:
       h.remove()
     model.train(was_training)
-  return total[0] + len(EXITS) * int(embedding_dim)
+  return total[0] + model.fusion.numel() * int(embedding_dim)
 
 
 # ----------------------------------------------------------------------------
@@ -248,11 +143,13 @@ def batch_hard_soft_margin(emb_BxD, pids_B, eps: float = EPS):
   return torch.nn.functional.softplus(hardest_pos - hardest_neg).mean()
 
 
-def deep_supervision_loss(embeddings: Mapping[str, Any], pids_B,
-                          eps: float = EPS):
-  """The sum over all embeddings (losses.deep_supervision_loss's total)."""
-  return sum(batch_hard_soft_margin(e, pids_B, eps)
-             for e in embeddings.values())
+def deep_supervision_loss(embeddings: Union[Mapping[str, Any], Sequence[Any]],
+                          pids_B, eps: float = EPS):
+  """The sum over all embeddings (losses.deep_supervision_loss's total):
+  a mapping name -> [B, D] or the model's tuple (stage1..4, fused)."""
+  if isinstance(embeddings, Mapping):
+    embeddings = embeddings.values()
+  return sum(batch_hard_soft_margin(e, pids_B, eps) for e in embeddings)
 
 
 # ----------------------------------------------------------------------------
@@ -372,6 +269,8 @@ def parse_ints(text: str, flag: str) -> list[int]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
+  torch = import_torch()
+  from dare_jax.references import torch_dare  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
       description=__doc__.split('\n\n')[0],
       formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -384,10 +283,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   parser.add_argument('--no_compile', action='store_true')
   parser.add_argument('--no_channels_last', action='store_true')
   parser.add_argument('--device', default='cuda', choices=('cuda', 'cpu'))
-  parser.add_argument('--depth', type=int, default=50, choices=sorted(DEPTHS))
+  parser.add_argument('--depth', type=int, default=50,
+                      choices=sorted(torch_dare.DEPTHS))
   parser.add_argument('--json', default='')
   args = parser.parse_args(argv)
-  torch = import_torch()
   if args.device == 'cuda' and not torch.cuda.is_available():
     raise SystemExit('--device=cuda but torch sees no CUDA device (torch '
                      f'{torch.__version__}); run on the GPU machine or pass '

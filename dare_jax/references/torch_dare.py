@@ -1,18 +1,28 @@
-"""PyTorch references for the parity tests (tests/weights_test.py).
+"""PyTorch references: torchvision's ResNet and DenseNet, the authors' DaRe,
+and the PyTorch peer of our DaRe.
 
 Written from torchvision's ResNet and the authors' DaRe code
 (github.com/mileyan/DARENet: models/dare_resnet.py, main.py), with their
 parameter names, so a state_dict saved from these modules has the names a
 real torchvision / authors' file has, and torchvision's TenCrop as the
-authors evaluate. Imports torch only, never dare_jax.
+authors evaluate; the parity tests (tests/weights_test.py) check dare_jax
+against them. `build_model` puts our formulation of DaRe (dare_jax's exit
+heads and fusion) on the same torchvision-layout ResNet for the PyTorch
+peer benchmark (dare_jax/bench/torch_peer.py).
+
+Imports torch only, never dare_jax (nor JAX): see
+dare_jax/references/__init__.py.
 """
 
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+# depth -> (block type, blocks per stage), as torchvision defines them.
 DEPTHS = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)),
           50: ('bottleneck', (3, 4, 6, 3)), 101: ('bottleneck', (3, 4, 23, 3))}
 
@@ -67,22 +77,34 @@ class ResNet(nn.Module):
   depth 0 builds a custom one with the same names: `block` ('basic' or
   'bottleneck'), `layers` (blocks per stage) and stem `width` (torchvision's
   64), stage s having width * 2**(s-1) planes (dare_jax's model.depth=0).
+  num_classes=None leaves out fc (the peer's backbone). PyTorch's default
+  init; `torchvision_init_` applies torchvision's.
   """
 
-  def __init__(self, depth: int, num_classes: int = 1000, width: int = 64,
-               block: str = '', layers=()):
+  def __init__(self, depth: int, num_classes: Optional[int] = 1000,
+               width: int = 64, block: str = '', layers=()):
     super().__init__()
     block_name, layers = DEPTHS[depth] if depth else (block, tuple(layers))
     block = BLOCKS[block_name]
     self.inplanes = width
     self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
     self.bn1 = nn.BatchNorm2d(width)
+    self.relu = nn.ReLU(inplace=True)  # torchvision's (no parameters)
     self.maxpool = nn.MaxPool2d(3, 2, 1)
     self.layer1 = self._make_layer(block, width, layers[0])
     self.layer2 = self._make_layer(block, width * 2, layers[1], 2)
     self.layer3 = self._make_layer(block, width * 4, layers[2], 2)
     self.layer4 = self._make_layer(block, width * 8, layers[3], 2)
-    self.fc = nn.Linear(width * 8 * block.expansion, num_classes)
+    if num_classes is not None:
+      self.fc = nn.Linear(width * 8 * block.expansion, num_classes)
+
+  def torchvision_init_(self) -> 'ResNet':
+    """torchvision's init, in place: kaiming_normal_(fan_out, relu) for the
+    convolutions; BatchNorm's 1 / 0 is PyTorch's default already."""
+    for m in self.modules():
+      if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+    return self
 
   def _make_layer(self, block, planes, blocks, stride=1):
     downsample = None
@@ -139,6 +161,70 @@ class DaReNet(ResNet):
       outs.append(getattr(self, f'layer{s}_fc')(m.view(m.size(0), -1)))
     x5 = self.fusion_conv(torch.stack(outs, dim=1))
     return tuple(outs) + (x5.view(x5.size(0), -1),)
+
+
+# ------------------------------------------------ our DaRe, for the peer.
+
+
+class DaRe(nn.Module):
+  """dare_jax's DaRe (models/dare.py) in PyTorch, on a backbone with
+  torchvision's module names (this ResNet or torchvision's own): per stage
+  GAP (accumulated in float32, as dare.ExitHead) -> Linear(C_s, hidden) ->
+  BatchNorm1d -> ReLU -> Linear(hidden, D), the embedding in float32; the
+  fusion sum_s w_s phi_s with one free scalar per exit (init
+  uniform[-0.5, 0.5]). forward returns (stage1, ..., stage4, fused), [B, D]
+  each, in dare.EMBEDDINGS's order (as DaReNet does)."""
+
+  def __init__(self, backbone: nn.Module, channels: Sequence[int],
+               head_hidden: int = 1024, embedding_dim: int = 128):
+    super().__init__()
+    self.backbone = backbone
+    self.heads = nn.ModuleList([
+        nn.Sequential(nn.Linear(c, head_hidden), nn.BatchNorm1d(head_hidden),
+                      nn.ReLU(inplace=True),
+                      nn.Linear(head_hidden, embedding_dim))
+        for c in channels])
+    self.fusion = nn.Parameter(torch.empty(len(channels)).uniform_(-0.5, 0.5))
+    self.torchvision = type(backbone).__module__.startswith('torchvision')
+
+  def forward(self, x):
+    b = self.backbone
+    x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+    outs = []
+    for layer, head in zip((b.layer1, b.layer2, b.layer3, b.layer4),
+                           self.heads):
+      x = layer(x)
+      outs.append(head(x.mean(dim=(2, 3), dtype=torch.float32)).float())
+    fused = sum(self.fusion[s] * e for s, e in enumerate(outs))
+    return tuple(outs) + (fused,)
+
+
+def build_model(depth: int = 50, width: int = 64, head_hidden: int = 1024,
+                embedding_dim: int = 128, use_torchvision: bool = True,
+                stage_sizes: Optional[Sequence[int]] = None) -> DaRe:
+  """DaRe on a torchvision-layout ResNet: x [B, 3, H, W] -> (stage1..4,
+  fused), [B, embedding_dim] each. torchvision's resnet<depth>(weights=None)
+  is the backbone when it imports (and width == 64 and stage_sizes is None),
+  else ResNet above with torchvision's init and no fc. stage_sizes: blocks
+  per stage instead of depth's (depth then only picks the block type, like
+  config.model.stage_sizes)."""
+  if depth not in DEPTHS:
+    raise ValueError(f'--depth={depth} must be one of {sorted(DEPTHS)}.')
+  block_name, default_sizes = DEPTHS[depth]
+  stage_sizes = tuple(stage_sizes or default_sizes)
+  backbone = None
+  if use_torchvision and width == 64 and stage_sizes == default_sizes:
+    try:
+      import torchvision  # pylint: disable=g-import-not-at-top
+      backbone = getattr(torchvision.models, f'resnet{depth}')(weights=None)
+    except ImportError:
+      pass
+  if backbone is None:
+    backbone = ResNet(0, num_classes=None, width=width, block=block_name,
+                      layers=stage_sizes).torchvision_init_()
+  expansion = BLOCKS[block_name].expansion
+  channels = [width * 2**s * expansion for s in range(4)]
+  return DaRe(backbone, channels, head_hidden, embedding_dim)
 
 
 def randomize_(model: nn.Module, generator: torch.Generator) -> nn.Module:
