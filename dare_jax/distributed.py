@@ -19,6 +19,9 @@ itself reads (JAX_COORDINATOR_ADDRESS ...).
 
 Afterwards jax.devices() lists the devices of every process, the train step's
 mesh spans all of them, and each process feeds only its own devices.
+
+The mesh and sharding helpers live here too, with the package's one mesh axis
+name (AXIS): training, evaluation and the benchmarks all split batches along it.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from absl import flags
 from absl import logging
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import numpy as np
 
 from dare_jax.errors import ConfigError
 
 MODES = ('auto', 'on', 'off')
+AXIS = 'data'  # the one mesh axis: batches are split along it
 
 
 def cluster_size_from_env(env: Mapping[str, str]) -> int:
@@ -125,6 +130,37 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D AXIS mesh, devices in process order: each process's devices are
+  one contiguous block, so each reads one contiguous share of a batch."""
+  devices = devices if devices is not None else jax.devices()
+  devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+  return Mesh(np.asarray(devices), (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split along AXIS."""
+  return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def shard_batch(batch, mesh: Mesh, batch_size: Optional[int] = None):
+  """This process's rows of a train batch -> global arrays split along AXIS.
+
+  batch: host arrays holding rows process_rows(mesh, AXIS, batch_size) of
+  the global batch of `batch_size` rows (the whole batch on one process;
+  None = the rows given times the process count).
+  """
+  sharding = batch_sharded(mesh)
+  batch_size = batch_size or len(batch['pid']) * jax.process_count()
+  return {k: jax.make_array_from_process_local_data(
+      sharding, batch[k], (batch_size,) + batch[k].shape[1:])
+          for k in ('image', 'pid', 'erase')}
+
+
 def process_rows(mesh: Mesh, axis: str, batch_size: int) -> tuple[int, int]:
   """(lo, hi): the rows of a global batch, split along mesh axis `axis`,
   that this process's devices hold.
@@ -143,5 +179,5 @@ def process_rows(mesh: Mesh, axis: str, batch_size: int) -> tuple[int, int]:
       raise ValueError(
           f'Process {jax.process_index()} holds rows {spans} of the batch: '
           'not one contiguous block. Build the mesh with the devices in '
-          'process order (train.make_mesh does).')
+          'process order (distributed.make_mesh does).')
   return spans[0][0], spans[-1][1]

@@ -19,6 +19,7 @@ from ml_collections import config_flags
 
 from dare_jax import distributed
 from dare_jax import errors
+from dare_jax import evaluate
 from dare_jax import train
 
 FLAGS = flags.FLAGS
@@ -61,8 +62,8 @@ def main(argv):
                jax.process_count(), jax.local_devices())
   config = FLAGS.config
   run = {'train': train.train_and_evaluate,
-         'eval': train.evaluate_checkpoint,
-         'export': train.export_features,
+         'eval': evaluate.evaluate_checkpoint,
+         'export': evaluate.export_features,
          'budget': _budget_report}[FLAGS.mode]
   try:
     run(config, FLAGS.workdir)

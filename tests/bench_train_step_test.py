@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from configs import smoke
+from dare_jax import distributed
 from dare_jax import errors
-from dare_jax import train
 from dare_jax.bench import train_step
 from dare_jax.budget import costs
 from dare_jax.models import dare
@@ -41,12 +41,12 @@ def smoke_row():
 def _shard_map_matmul_flops(num_devices, m=64, k=32, n=16):
   """(XLA's figure for the compiled program, global_flops of it) for a
   jit(shard_map) of x [m, k] (rows split) @ w [k, n] (replicated)."""
-  mesh = train.make_mesh(jax.devices()[:num_devices])
+  mesh = distributed.make_mesh(jax.devices()[:num_devices])
   fn = jax.jit(jax.shard_map(lambda x, w: x @ w, mesh=mesh,
-                             in_specs=(P(train.AXIS), P()),
-                             out_specs=P(train.AXIS)))
+                             in_specs=(P(distributed.AXIS), P()),
+                             out_specs=P(distributed.AXIS)))
   x = jax.ShapeDtypeStruct((m, k), jnp.float32,
-                           sharding=NamedSharding(mesh, P(train.AXIS)))
+                           sharding=NamedSharding(mesh, P(distributed.AXIS)))
   w = jax.ShapeDtypeStruct((k, n), jnp.float32,
                            sharding=NamedSharding(mesh, P()))
   reported = train_step.xla_flops(fn.lower(x, w).compile())

@@ -13,9 +13,11 @@ import pytest
 
 from configs import default
 from configs import smoke
+from dare_jax import builder
 from dare_jax import checkpointing
 from dare_jax import configlib
 from dare_jax import errors
+from dare_jax import evaluate
 from dare_jax import train
 from tests import metrics_reference
 
@@ -32,7 +34,7 @@ def _smoke(tmp_path, **train_overrides):
 
 
 def _final_params(config, workdir):
-  setup, state, meta = train._restore_for_eval(config, workdir)  # pylint: disable=protected-access
+  state, meta = builder.restore_for_eval(builder.build(config), workdir)
   return jax.device_get(state.params), meta
 
 
@@ -68,7 +70,7 @@ def test_train_writes_metrics_that_match_an_independent_evaluation(tmp_path):
     assert os.path.getsize(os.path.join(workdir, png)) > 1000
 
   # --mode=eval restores the checkpoint and reproduces the numbers.
-  again = train.evaluate_checkpoint(config, workdir)
+  again = evaluate.evaluate_checkpoint(config, workdir)
   for name in EMBEDDINGS:
     np.testing.assert_allclose(again[name]['mAP'], metrics[name]['mAP'],
                                atol=1e-6)
@@ -146,7 +148,7 @@ def test_missing_data_root_and_unimplemented_reader(tmp_path):
   c = default.get_config()
   c.data.root = str(tmp_path / 'nope')
   with pytest.raises(errors.DataNotFoundError, match='nope'):
-    train.Setup(c, str(tmp_path / 'w'))
+    evaluate.load_dataset(c, str(tmp_path / 'w'))
   r = subprocess.run(
       _main(tmp_path / 'w', f'--config.data.root={tmp_path}',
             config='configs/market.py'),
@@ -163,7 +165,7 @@ def test_empty_split_is_refused(tmp_path, monkeypatch):
   monkeypatch.setattr(datasets, 'load_dataset',
                       lambda cfg: ReidDataset('empty', empty, empty, empty))
   with pytest.raises(errors.DataError, match='train split.*empty'):
-    train.Setup(smoke.get_config(), str(tmp_path / 'w'))
+    evaluate.load_dataset(smoke.get_config(), str(tmp_path / 'w'))
 
 
 def test_workdir_of_a_different_model_is_refused(tmp_path):
@@ -173,7 +175,7 @@ def test_workdir_of_a_different_model_is_refused(tmp_path):
   other = _smoke(tmp_path, num_steps=2)
   other.model.width = 8
   with pytest.raises(checkpointing.WrongModelError, match='model.width'):
-    train.evaluate_checkpoint(other, workdir)
+    evaluate.evaluate_checkpoint(other, workdir)
   with pytest.raises(checkpointing.WrongModelError, match='model.width'):
     train.train_and_evaluate(other, workdir)
 
@@ -195,7 +197,7 @@ def test_eval_with_rerank_reports_both_rankings(tmp_path):
   train.train_and_evaluate(config, workdir)
   config.eval.rerank = True
   config.eval.k1, config.eval.k2 = 6, 2
-  results = train.evaluate_checkpoint(config, workdir)
+  results = evaluate.evaluate_checkpoint(config, workdir)
   with open(os.path.join(workdir, 'metrics.json')) as f:
     saved = json.load(f)
   assert set(saved) == set(EMBEDDINGS) | {'train_loss', 'rerank'}

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from configs import smoke
+from dare_jax import builder
 from dare_jax import distributed
 from dare_jax import errors
 from dare_jax import train
@@ -64,8 +65,8 @@ def test_half_the_explicit_arguments_are_refused_before_connecting():
 
 
 def test_each_process_holds_one_contiguous_block_of_rows():
-  mesh = train.make_mesh()
-  assert distributed.process_rows(mesh, train.AXIS, 16) == (0, 16)
+  mesh = distributed.make_mesh()
+  assert distributed.process_rows(mesh, distributed.AXIS, 16) == (0, 16)
   # On a real 2-process job the two blocks are the halves: checked end to
   # end below, where each process's batch is half of the global one.
 
@@ -124,7 +125,8 @@ def test_two_processes_resume_train_and_evaluate_like_one(tmp_path):
   assert set(m2) == set(m1)
   for name, v in m1['train_loss'].items():
     np.testing.assert_allclose(m2['train_loss'][name], v, rtol=1e-5)
-  params = [jax.device_get(train._restore_for_eval(config, w)[1].params)  # pylint: disable=protected-access
+  params = [jax.device_get(builder.restore_for_eval(builder.build(config),
+                                                    w)[0].params)
             for w in (one, str(two))]  # both processes' checkpoint, restored
   flat = jax.tree_util.tree_flatten_with_path(params[0])[0]
   zero_grad = 0

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from configs import smoke
+from dare_jax import builder
 from dare_jax import errors
 from dare_jax import train
 from dare_jax.budget import costs
@@ -45,7 +46,7 @@ def test_report_files_and_numbers(runs):
     saved = json.load(f)
   assert saved['exit_costs'] == costs.config_exit_costs(config)
   # The fusion weights recovered from the features are the checkpoint's.
-  setup, state, _ = train._restore_for_eval(config, workdir)  # pylint: disable=protected-access
+  state, _ = builder.restore_for_eval(builder.build(config), workdir)
   w = np.asarray(jax.device_get(state.params['fusion']))
   np.testing.assert_allclose(saved['fusion_weights'], w, rtol=1e-4,
                              atol=1e-5)

@@ -7,10 +7,11 @@ import optax
 import pytest
 
 from configs import smoke
+from dare_jax import builder
 from dare_jax import configlib
+from dare_jax import distributed
 from dare_jax import errors
 from dare_jax import losses
-from dare_jax import optim
 from dare_jax import train
 from dare_jax.data import device_ops
 from dare_jax.models import dare
@@ -51,11 +52,11 @@ KEEP_GRADS = optax.GradientTransformation(
 
 
 def _grad_step(config, n_devices):
-  mesh = train.make_mesh(jax.devices()[:n_devices])
-  model = dare.from_config(config.model, bn_axis_name=train.AXIS)
-  state = train.init_state(config, model, KEEP_GRADS, mesh)
-  step = train.make_train_step(config, model, KEEP_GRADS, mesh)
-  new_state, metrics = step(state, train.shard_batch(_batch(config), mesh))
+  built = builder.build(config, jax.devices()[:n_devices], tx=KEEP_GRADS)
+  state = built.init_state()
+  step = train.make_train_step(config, built.model, KEEP_GRADS, built.mesh)
+  new_state, metrics = step(state, distributed.shard_batch(_batch(config),
+                                                           built.mesh))
   return (jax.device_get(new_state.opt_state),
           jax.device_get(new_state.batch_stats), jax.device_get(metrics))
 
@@ -63,8 +64,8 @@ def _grad_step(config, n_devices):
 def _reference(config):
   """The global step written without shard_map: one device, whole batch."""
   model = dare.from_config(config.model, bn_axis_name=None)
-  mesh = train.make_mesh(jax.devices()[:1])
-  state = train.init_state(config, model, KEEP_GRADS, mesh)
+  mesh = distributed.make_mesh(jax.devices()[:1])
+  state = builder.init_state(config, model, KEEP_GRADS, mesh)
   batch = _batch(config)
   x = device_ops.normalize(jnp.asarray(batch['image']), config.data.mean,
                            config.data.std)
@@ -121,13 +122,11 @@ def test_train_step_compiles_once_and_copies_nothing_but_the_batch():
   the devices, the step moves nothing from the host: the learning rate, the
   erasing keys and the step counter are all computed on device."""
   config = _config()
-  mesh = train.make_mesh()
-  model = dare.from_config(config.model, bn_axis_name=train.AXIS)
-  tx = optim.make_optimizer(config.optim)
-  state = train.init_state(config, model, tx, mesh)
-  step = train.make_train_step(config, model, tx, mesh)
+  built = builder.build(config)
+  state = built.init_state()
+  step = train.make_train_step(config, built.model, built.tx, built.mesh)
   for i in range(3):
-    batch = train.shard_batch(_batch(config, seed=i), mesh)
+    batch = distributed.shard_batch(_batch(config, seed=i), built.mesh)
     with jax.transfer_guard_host_to_device('disallow'):
       state, metrics = step(state, batch)
   assert step._cache_size() == 1  # pylint: disable=protected-access

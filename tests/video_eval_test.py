@@ -7,6 +7,8 @@ from PIL import Image
 import scipy.io
 
 from configs import smoke
+from dare_jax import builder
+from dare_jax import evaluate
 from dare_jax import train
 from dare_jax.data.types import ReidDataset
 
@@ -58,22 +60,22 @@ def _config(tmp_path):
 
 def test_tracklet_embeddings_are_the_mean_of_their_frames(tmp_path):
   config = _config(tmp_path)
-  setup = train.Setup(config, str(tmp_path / 'run'))
-  state = train.init_state(config, setup.model, setup.tx, setup.mesh)
-  variables = setup.variables(state)
-  feats = train.embed_dataset(config, setup.model, variables, setup.dataset,
-                              setup.mesh)
+  built = builder.build(config)
+  dataset = evaluate.load_dataset(config, str(tmp_path / 'run'))
+  variables = builder.variables(built.init_state())
+  feats = evaluate.embed_dataset(config, built.model, variables, dataset,
+                                 built.mesh)
   # Reference: every frame embedded as a plain image split, then averaged
   # per tracklet by an explicit loop over the tracks of the split files.
-  ds = setup.dataset
+  ds = dataset
   frames = ReidDataset(
       'frames', ds.train,
       type(ds.query)(pids=ds.query.pids, camids=ds.query.camids,
                      paths=ds.query.paths),
       type(ds.gallery)(pids=ds.gallery.pids, camids=ds.gallery.camids,
                        paths=ds.gallery.paths))
-  per_frame = train.embed_dataset(config, setup.model, variables, frames,
-                                  setup.mesh)
+  per_frame = evaluate.embed_dataset(config, built.model, variables, frames,
+                                     built.mesh)
   test_rows = {'gallery': list(range(len(_TEST))),
                'query': [i - 1 for i in _QUERY_IDX]}
   for what, rows in test_rows.items():
@@ -91,8 +93,8 @@ def test_tracklet_embeddings_are_the_mean_of_their_frames(tmp_path):
                                    rtol=1e-5, atol=1e-6)
   # At most 2 frames a tracklet: the first and the last of each.
   config.eval.max_tracklet_frames = 2
-  few = train.embed_dataset(config, setup.model, variables, setup.dataset,
-                            setup.mesh)
+  few = evaluate.embed_dataset(config, built.model, variables, dataset,
+                               built.mesh)
   t = 5  # gallery track ('0004', 3, 2, 4 frames) starts at frame 10
   s = sum(x[3] for x in _TEST[:t])
   np.testing.assert_allclose(

@@ -1,9 +1,9 @@
 """PyTorch weight import and numerical parity with PyTorch.
 
 The parity tests build torchvision-layout networks and the authors' DaRe
-network in PyTorch (tests/torch_reference.py) with random weights AND random
-BatchNorm running statistics, save them with torch.save, load them through
-dare_jax.models.weights and compare eval-mode forwards on random inputs,
+network in PyTorch (dare_jax/references/torch_dare.py) with random weights
+AND random BatchNorm running statistics, save them with torch.save, load them
+through dare_jax.models.weights and compare eval-mode forwards on random inputs,
 float32 at 'highest' matmul precision. They need torch (optional):
     pip install torch==2.13.0
 and are skipped without it. The key-checking tests run on .npz files and
@@ -85,7 +85,7 @@ def torch_nets(tmp_path_factory):
   """A torchvision ResNet-50 file and an authors' DaRe-R50 checkpoint that
   share one random backbone, the inputs, and PyTorch's outputs."""
   torch = pytest.importorskip('torch')
-  from tests import torch_reference as tr  # pylint: disable=g-import-not-at-top
+  from dare_jax.references import torch_dare as tr  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(2)
   g = torch.Generator().manual_seed(0)
   net = tr.randomize_(tr.DaReNet(50, gap=(H // 32, W // 32)), g).eval()
@@ -158,7 +158,7 @@ def test_authors_dare_checkpoint_embeddings_equal_pytorch(torch_nets,
 def test_torchvision_basic_block_resnet_stage_maps_equal_pytorch(
     depth, tmp_path):
   torch = pytest.importorskip('torch')
-  from tests import torch_reference as tr  # pylint: disable=g-import-not-at-top
+  from dare_jax.references import torch_dare as tr  # pylint: disable=g-import-not-at-top
   g = torch.Generator().manual_seed(depth)
   tv = tr.randomize_(tr.ResNet(depth), g).eval()
   x = torch.randn(2, 3, H, W, generator=g)
@@ -187,7 +187,7 @@ def test_torchvision_basic_block_resnet_stage_maps_equal_pytorch(
 
 def test_batch_hard_soft_margin_and_gradient_equal_authors_trinet_loss():
   torch = pytest.importorskip('torch')
-  from tests import torch_reference as tr  # pylint: disable=g-import-not-at-top
+  from dare_jax.references import torch_dare as tr  # pylint: disable=g-import-not-at-top
   P, K, D = 6, 4, 128  # pylint: disable=invalid-name
   rng = np.random.default_rng(0)
   embs = [rng.normal(size=(P * K, D)).astype(np.float32) for _ in range(5)]
@@ -387,15 +387,15 @@ def test_missing_file_and_unknown_format_are_config_errors(tmp_path, r18):
 # ------------------------------------------------ --config.model.pretrained.
 
 def test_model_pretrained_initialises_the_backbone(tmp_path):
-  from dare_jax import train  # pylint: disable=g-import-not-at-top
+  from dare_jax import builder  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
   model = dare.from_config(config.model)
   h, w = config.data.input_size
   source = _random_variables(model, seed=6, h=h, w=w)
   config.model.pretrained = _save(tmp_path, weights.to_state_dict(source))
-  setup = train.Setup(config, str(tmp_path / 'run'))
-  mngr = setup.checkpoint_manager()
-  state, meta = setup.restore_or_init(mngr)
+  workdir = str(tmp_path / 'run')
+  mngr = builder.checkpoint_manager(config, workdir)
+  state, meta = builder.restore_or_init(builder.build(config), mngr, workdir)
   mngr.close()
   assert meta == {} and int(state.step) == 0
   jax.tree.map(np.testing.assert_array_equal,
@@ -412,7 +412,7 @@ def test_model_pretrained_initialises_the_backbone(tmp_path):
 # ------------------------------------------------------ tools/convert_weights.
 
 def test_convert_weights_writes_the_npz_and_an_evaluable_checkpoint(tmp_path):
-  from dare_jax import train  # pylint: disable=g-import-not-at-top
+  from dare_jax import builder  # pylint: disable=g-import-not-at-top
   from dare_jax.tools import convert_weights  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
   h, w = config.data.input_size
@@ -428,13 +428,12 @@ def test_convert_weights_writes_the_npz_and_an_evaluable_checkpoint(tmp_path):
   for k, v in got.items():
     np.testing.assert_array_equal(v, sd['module.' + k])
   # The checkpoint is what --mode=eval --workdir=OUT_DIR restores.
-  setup = train.Setup(config, out_dir)
-  mngr = setup.checkpoint_manager(read_only=True)
-  state, meta = setup.restore_latest(mngr)
+  mngr = builder.checkpoint_manager(config, out_dir, read_only=True)
+  state, meta = builder.restore_latest(builder.build(config), mngr, out_dir)
   mngr.close()
   assert int(state.step) == 0 and meta['train_loss'] == {}
   jax.tree.map(np.testing.assert_array_equal,
-               jax.device_get(setup.variables(state)), source)
+               jax.device_get(builder.variables(state)), source)
   with pytest.raises(errors.CheckpointError, match='already holds'):
     convert_weights.convert(config, src, out_dir, full=True)
 
@@ -482,7 +481,7 @@ def test_densenet_parameter_count_matches_torchvision(depth):
 @pytest.fixture(scope='module')
 def densenet_nets(tmp_path_factory):
   torch = pytest.importorskip('torch')
-  from tests import torch_reference as tr  # pylint: disable=g-import-not-at-top
+  from dare_jax.references import torch_dare as tr  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(2)
   g = torch.Generator().manual_seed(121)
   net = tr.randomize_(tr.DaReDenseNet(121, gap=(H // 32, W // 32)), g).eval()
@@ -547,14 +546,15 @@ def _tiny_data_config(tmp_path, input_size=(H, W), resize_factor=1.125):
 
 
 def _compile_free_init_state(config, model, tx, mesh):
-  """A stand-in for train.init_state that compiles nothing: the same tree,
+  """A stand-in for builder.init_state that compiles nothing: the same tree,
   shapes and (replicated) placement, with Flax's deterministic initial
   BatchNorm (scale and running variance 1, bias and running mean 0) and
   zeros elsewhere (the exit heads, fusion and Adam state, which a backbone
   file does not touch). Compiling DenseNet-201's real init takes ~50 s on
   2 CPU cores, 4x its forward."""
-  from dare_jax import train  # pylint: disable=g-import-not-at-top
-  abstract = jax.eval_shape(train._init_fn(config, model, tx, mesh))  # pylint: disable=protected-access
+  from dare_jax import builder  # pylint: disable=g-import-not-at-top
+  from dare_jax import distributed  # pylint: disable=g-import-not-at-top
+  abstract = jax.eval_shape(builder.init_fn(config, model, tx, mesh))
 
   def fill(path, x):
     names = [getattr(k, 'name', getattr(k, 'key', None)) for k in path]
@@ -562,19 +562,19 @@ def _compile_free_init_state(config, model, tx, mesh):
                                                                   'var')
     return np.full(x.shape, 1 if one else 0, x.dtype)
   return jax.device_put(jax.tree_util.tree_map_with_path(fill, abstract),
-                        train.replicated(mesh))
+                        distributed.replicated(mesh))
 
 
 def test_densenet201_file_through_model_pretrained_equals_pytorch(
     tmp_path, monkeypatch):
   """--config.model.backbone=densenet --config.model.depth=201
-  --config.model.pretrained=densenet201.pth: train.Setup.restore_or_init
+  --config.model.pretrained=densenet201.pth: builder.restore_or_init
   reads torchvision's file, and the model's 4 stage maps equal PyTorch's.
   (Its fresh initialisation is a compile-free stand-in, see above.)"""
   torch = pytest.importorskip('torch')
-  from tests import torch_reference as tr  # pylint: disable=g-import-not-at-top
-  from dare_jax import train  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(train, 'init_state', _compile_free_init_state)
+  from dare_jax.references import torch_dare as tr  # pylint: disable=g-import-not-at-top
+  from dare_jax import builder  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(builder, 'init_state', _compile_free_init_state)
   torch.set_num_threads(2)
   g = torch.Generator().manual_seed(201)
   tv = tr.randomize_(tr.DenseNet(201), g).eval()
@@ -595,16 +595,17 @@ def test_densenet201_file_through_model_pretrained_equals_pytorch(
   config = _tiny_data_config(tmp_path)
   config.model.backbone, config.model.depth = 'densenet', 201
   config.model.pretrained = path
-  setup = train.Setup(config, str(tmp_path / 'run'))
-  mngr = setup.checkpoint_manager()
-  state, meta = setup.restore_or_init(mngr)
+  workdir = str(tmp_path / 'run')
+  built = builder.build(config)
+  mngr = builder.checkpoint_manager(config, workdir)
+  state, meta = builder.restore_or_init(built, mngr, workdir)
   mngr.close()
   assert meta == {} and int(state.step) == 0
-  variables = jax.device_get(setup.variables(state))
+  variables = jax.device_get(builder.variables(state))
   # Only the backbone came from the file: the heads are as initialised.
   assert not np.any(variables['params']['exit4']['fc1']['kernel'])
   assert not np.any(variables['params']['fusion'])
-  _, maps = _forward(setup.model)(variables, x.permute(0, 2, 3, 1).numpy())
+  _, maps = _forward(built.model)(variables, x.permute(0, 2, 3, 1).numpy())
   for s, (got, w) in enumerate(zip(maps, want), 1):
     assert got.shape == w.shape, (s, got.shape, w.shape)
     assert _rel_err(got, w) <= REL, (s, _rel_err(got, w))
@@ -619,10 +620,11 @@ def test_authors_checkpoint_converted_and_evaluated_equals_pytorch_tencrop(
   in PyTorch: the same stored images, torchvision TenCrop, ToTensor,
   Normalize(ImageNet), their DaRe, the mean over the 10 views."""
   torch = pytest.importorskip('torch')
-  from tests import torch_reference as tr  # pylint: disable=g-import-not-at-top
-  from dare_jax import train  # pylint: disable=g-import-not-at-top
+  from dare_jax.references import torch_dare as tr  # pylint: disable=g-import-not-at-top
+  from dare_jax import evaluate  # pylint: disable=g-import-not-at-top
   from dare_jax.data import augment  # pylint: disable=g-import-not-at-top
   from dare_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  from dare_jax.data import spec  # pylint: disable=g-import-not-at-top
   from dare_jax.tools import convert_weights  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(2)
   # Images stored at 70 x 35 (64 x 32 x 1.1): the width margin 3 is odd, so
@@ -643,13 +645,13 @@ def test_authors_checkpoint_converted_and_evaluated_equals_pytorch_tencrop(
   out = convert_weights.convert(config, src, workdir, full=True)
   assert out['loaded'] == 'full'
   with jax.default_matmul_precision('highest'):
-    results = train.evaluate_checkpoint(config, workdir)
+    results = evaluate.evaluate_checkpoint(config, workdir)
   assert set(dare.EMBEDDINGS) <= set(results)
   with np.load(os.path.join(workdir, 'features.npz')) as f:
     feats = {k: f[k] for k in f.files}
 
   dataset = datasets.load_dataset(config.data)
-  resize_hw = augment.resize_size(input_hw, config.data.resize_factor)
+  resize_hw = spec.ImageSize.from_data_config(config.data).resize_hw
   assert resize_hw == (70, 35)
   for what in ('query', 'gallery'):
     images = getattr(dataset, what).images

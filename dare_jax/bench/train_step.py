@@ -7,10 +7,9 @@ r"""Benchmark: the real train step -- time, throughput, FLOPs and MFU.
       [--distributed=auto --coordinator_address=H:P --num_processes=N \
        --process_id=I]
 
-The step is built exactly as training builds it (train.make_mesh,
-dare.from_config(config.model, bn_axis_name=train.AXIS),
-optim.make_optimizer, train.init_state, train.make_train_step), for every
-GLOBAL batch B = P x K in --batches (K = config.train.K) and compute dtype in
+The step is built exactly as training builds it (builder.build: the mesh,
+the model and the optimiser; Built.init_state; train.make_train_step), for
+every GLOBAL batch B = P x K in --batches (K = config.train.K) and compute dtype in
 --dtypes (config.model.dtype). Inputs:
 
   device    one batch generated on the devices once (random uint8 images,
@@ -19,8 +18,9 @@ GLOBAL batch B = P x K in --batches (K = config.train.K) and compute dtype in
             jax.transfer_guard_host_to_device('disallow') (column h2d_free),
             and the jitted step's cache must hold 1 program at the end
             (column compiles).
-  pipeline  the real input pipeline (train.train_batches on the config's
-            dataset's train split, this process's rows, train.shard_batch):
+  pipeline  the real input pipeline (data.pipeline's train_batches on the
+            config's dataset's train split, this process's rows,
+            distributed.shard_batch):
             the step as training runs it, host included.
 
 Compilation (lower + compile, which also fills the jitted step's cache) is
@@ -46,19 +46,19 @@ from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 from ml_collections import config_flags
 import numpy as np
 
 from dare_jax import bench
-from dare_jax import configlib
+from dare_jax import builder
 from dare_jax import distributed
 from dare_jax import errors
 from dare_jax import reporting
-from dare_jax import optim
 from dare_jax import train
 from dare_jax.budget import costs as costs_lib
 from dare_jax.data import datasets
+from dare_jax.data import spec as spec_lib
 from dare_jax.models import dare
 
 INPUTS = ('device', 'pipeline')
@@ -213,8 +213,7 @@ def make_device_batch(mesh: Mesh, P: int, K: int, input_hw: Sequence[int]):
     pid_B = jnp.repeat(jnp.arange(P, dtype=jnp.int32), K)
     return {'image': image_BxHxWx3, 'pid': pid_B,
             'erase': jnp.zeros((B, 4), jnp.float32)}
-  make = jax.jit(make, out_shardings=NamedSharding(mesh,
-                                                   PartitionSpec(train.AXIS)))
+  make = jax.jit(make, out_shardings=distributed.batch_sharded(mesh))
   return make
 
 
@@ -276,17 +275,15 @@ def measure(config, batch: int, dtype: str,
   num_devices = len(devices)
   P = identities_per_batch(batch, config.train.K, num_devices)
   config = bench_config(config, P, dtype, warmup + steps, num_devices)
-  configlib.validate(config, num_devices)
+  built = builder.build(config, devices)  # validates for these devices
   if input == 'pipeline':
     if dataset is None:
       dataset = datasets.load_dataset(config.data)
     check_pipeline_batch(dataset, batch, config.train.K)
 
-  mesh = train.make_mesh(devices)
-  model = dare.from_config(config.model, bn_axis_name=train.AXIS)
-  tx = optim.make_optimizer(config.optim)
-  state = train.init_state(config, model, tx, mesh)
-  step = train.make_train_step(config, model, tx, mesh)
+  mesh = built.mesh
+  state = built.init_state()
+  step = train.make_train_step(config, built.model, built.tx, mesh)
 
   batches = None
   if input == 'device':
@@ -294,9 +291,10 @@ def measure(config, batch: int, dtype: str,
                                      config.data.input_size)()
     next_batch = lambda: device_batch
   else:
-    rows = distributed.process_rows(mesh, train.AXIS, batch)
-    batches = train.train_batches(config, dataset.train, 0, rows)
-    next_batch = lambda: train.shard_batch(next(batches), mesh, batch)
+    rows = distributed.process_rows(mesh, distributed.AXIS, batch)
+    batches = datasets.pipeline_module(config.data.pipeline).train_batches(
+        dataset.train, spec_lib.TrainInput.from_config(config), 0, rows=rows)
+    next_batch = lambda: distributed.shard_batch(next(batches), mesh, batch)
 
   try:
     first = next_batch()

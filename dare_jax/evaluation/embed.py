@@ -16,7 +16,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 import numpy as np
 
 from dare_jax import distributed
@@ -29,11 +29,11 @@ def make_embed_fn(model, mean, std, mesh: Mesh) -> Callable:
   The batch is split over the mesh's devices; with several processes each
   hands its devices its own rows and every process gets the whole result.
   """
-  data_sharding = NamedSharding(mesh, P('data'))
+  data_sharding = distributed.batch_sharded(mesh)
   multi_process = jax.process_count() > 1
   # Every batch has one padded size: the rows are found once.
   rows_of = functools.cache(
-      lambda n: distributed.process_rows(mesh, 'data', n))
+      lambda n: distributed.process_rows(mesh, distributed.AXIS, n))
 
   @jax.jit
   def embed(variables, views_BxVxHxWx3):

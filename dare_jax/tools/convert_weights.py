@@ -47,26 +47,15 @@ def convert(config, src: str, out_dir: str, full: bool = False,
             prefix: str = '') -> dict:
   """Writes OUT_DIR/weights.npz and OUT_DIR/checkpoints/0; returns paths."""
   # pylint: disable=g-import-not-at-top
-  import jax
   import numpy as np
+  from dare_jax import builder
   from dare_jax import checkpointing
-  from dare_jax import optim
-  from dare_jax import train
-  from dare_jax.models import dare
   from dare_jax.models import weights
   # pylint: enable=g-import-not-at-top
-  mesh = train.make_mesh()
-  model = dare.from_config(config.model, bn_axis_name=train.AXIS)
-  tx = optim.make_optimizer(config.optim)
-  state = train.init_state(config, model, tx, mesh)
-  host = jax.device_get({'params': state.params,
-                         'batch_stats': state.batch_stats})
+  built = builder.build(config)
   sd = weights.read_state_dict(src, prefix)
-  if full:
-    loaded = weights.load_dare_checkpoint(src, host, state_dict=sd)
-  else:
-    loaded = dict(zip(('params', 'batch_stats'), weights.load_backbone(
-        src, host['params'], host['batch_stats'], state_dict=sd)))
+  state, loaded = builder.with_pretrained(built, built.init_state(), src,
+                                          heads=full, state_dict=sd)
   mngr = checkpointing.manager(out_dir, 1, 1)
   if mngr.latest_step() is not None:
     mngr.close()
@@ -76,9 +65,6 @@ def convert(config, src: str, out_dir: str, full: bool = False,
   tmp = npz + '.tmp.npz'
   np.savez(tmp, **weights.to_state_dict(loaded, full=full))
   os.replace(tmp, npz)
-  loaded = jax.device_put(loaded, train.replicated(mesh))
-  state = state.replace(params=loaded['params'],
-                        batch_stats=loaded['batch_stats'])
   checkpointing.save(mngr, 0, state, {
       'model': checkpointing.model_fingerprint(config.model),
       'train_loss': {}}, force=True)
