@@ -17,7 +17,7 @@ Market-1501's.
 
 import os
 
-from configs import default
+from dare_jax import defaults
 
 _SHARED = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data',
@@ -25,7 +25,7 @@ _SHARED = os.path.normpath(os.path.join(
 
 
 def get_config(variant: str = ''):
-  c = default.get_config()
+  c = defaults.get_config()
   c.data.dataset = 'cuhk01'
   c.data.root = _SHARED
   c.train.num_steps = 25000
@@ -34,10 +34,7 @@ def get_config(variant: str = ''):
   if variant == 'cpu':
     c.data.input_size = (128, 64)
     c.data.pipeline = 'numpy'
-    c.model.depth = 0
-    c.model.block = 'basic'
-    c.model.stage_sizes = (1, 1, 1, 1)
-    c.model.width = 16
+    defaults.small_cpu_model(c, width=16)
     c.train.num_steps = 3000
     c.optim.t0 = 1500
     c.optim.t1 = 3000

@@ -10,10 +10,10 @@ images_detected/, or the CUHK03-NP release (detected/bounding_box_train,
       --config.data.root=/data/cuhk03-np --workdir=runs/cuhk03_detected
 """
 
-from configs import default
+from dare_jax import defaults
 
 
 def get_config():
-  c = default.get_config()
+  c = defaults.get_config()
   c.data.dataset = 'cuhk03_detected'
   return c

@@ -10,10 +10,10 @@ dare_jax/data/readers/cuhk03.py.
       --config.data.root=/data/cuhk03-np --workdir=runs/cuhk03_labeled
 """
 
-from configs import default
+from dare_jax import defaults
 
 
 def get_config():
-  c = default.get_config()
+  c = defaults.get_config()
   c.data.dataset = 'cuhk03_labeled'
   return c

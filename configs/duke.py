@@ -4,10 +4,10 @@
       --config.data.root=/data/DukeMTMC-reID --workdir=runs/duke
 """
 
-from configs import default
+from dare_jax import defaults
 
 
 def get_config():
-  c = default.get_config()
+  c = defaults.get_config()
   c.data.dataset = 'duke'
   return c

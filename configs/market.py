@@ -4,10 +4,10 @@
       --config.data.root=/data/Market-1501-v15.09.15 --workdir=runs/market
 """
 
-from configs import default
+from dare_jax import defaults
 
 
 def get_config():
-  c = default.get_config()
+  c = defaults.get_config()
   c.data.dataset = 'market'
   return c

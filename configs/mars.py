@@ -12,10 +12,10 @@ are decoded batch by batch, never held in memory.
       --config.data.root=/data/MARS --workdir=runs/mars
 """
 
-from configs import default
+from dare_jax import defaults
 
 
 def get_config():
-  c = default.get_config()
+  c = defaults.get_config()
   c.data.dataset = 'mars'
   return c

@@ -1,20 +1,17 @@
 """Seconds, for tests: a tiny DaRe on a tiny synthetic dataset."""
 
-from configs import default
+from dare_jax import defaults
 
 
 def get_config():
-  c = default.get_config()
+  c = defaults.get_config()
   c.data.dataset = 'synthetic'
   c.data.synthetic.num_train_ids = 16
   c.data.synthetic.num_test_ids = 12
   c.data.input_size = (32, 16)
   c.data.pipeline = 'numpy'
   c.data.prefetch = 2
-  c.model.depth = 0
-  c.model.block = 'basic'
-  c.model.stage_sizes = (1, 1, 1, 1)
-  c.model.width = 4
+  defaults.small_cpu_model(c, width=4)
   c.model.head_hidden = 32
   c.model.embedding_dim = 16
   c.train.P = 4

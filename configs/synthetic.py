@@ -4,19 +4,16 @@ Trains and evaluates on 2 CPU cores in under 10 minutes:
   python -m dare_jax.main --config=configs/synthetic.py --workdir=runs/synthetic
 """
 
-from configs import default
+from dare_jax import defaults
 
 
 def get_config():
-  c = default.get_config()
+  c = defaults.get_config()
   c.data.dataset = 'synthetic'
   c.data.input_size = (64, 32)  # stored at 72x36 (x1.125), cropped to 64x32
   c.data.pipeline = 'numpy'
   # A ResNet-18 layout at a quarter of the width, one block per stage.
-  c.model.depth = 0
-  c.model.block = 'basic'
-  c.model.stage_sizes = (1, 1, 1, 1)
-  c.model.width = 16
+  defaults.small_cpu_model(c, width=16)
   # The paper's schedule shape (decay over the second half), shortened.
   c.train.num_steps = 4000
   c.optim.t0 = 2000

@@ -1,11 +1,21 @@
-"""Config checks: typos and impossible values fail before any work starts."""
+"""Config checks at the door: typos and impossible values fail before any
+work starts (builder.build calls validate first).
+
+The schema is dare_jax/defaults.py: a field it lacks is refused with the
+closest known name. Each component then checks its own section (models/dare,
+optim, data/spec); the run's own fields (train.*, how batches split over the
+devices) are checked here.
+"""
 
 from __future__ import annotations
 
 import difflib
 
-from configs import default
+from dare_jax import defaults
+from dare_jax import optim
+from dare_jax.data import spec
 from dare_jax.errors import ConfigError
+from dare_jax.models import dare
 
 
 def _check_keys(cfg, ref, path: str) -> None:
@@ -16,15 +26,13 @@ def _check_keys(cfg, ref, path: str) -> None:
       hint = f' Did you mean {path + "." if path else ""}{close[0]}?' if (
           close) else ''
       raise ConfigError(f'Unknown config field {name!r}.{hint} The known '
-                       f'fields are in configs/default.py.')
+                       f'fields are in dare_jax/defaults.py.')
     if hasattr(ref[key], 'keys') and hasattr(cfg[key], 'keys'):
       _check_keys(cfg[key], ref[key], name)
 
 
-def validate(config, num_devices: int = 1) -> None:
-  """Raises ValueError naming the field and the fix."""
-  _check_keys(config, default.get_config(), '')
-  t, d, e = config.train, config.data, config.eval
+def _check_run(config, num_devices: int) -> None:
+  t, e = config.train, config.eval
   if t.P < 2 or t.K < 2:
     raise ConfigError(f'train.P={t.P}, train.K={t.K}: batch-hard mining needs '
                      'at least 2 identities (P) and 2 images each (K).')
@@ -39,14 +47,12 @@ def validate(config, num_devices: int = 1) -> None:
   if t.num_steps < 1 or t.checkpoint_every < 1 or t.log_every < 1:
     raise ConfigError('train.num_steps, train.checkpoint_every and '
                      'train.log_every must be >= 1.')
-  if config.model.dtype not in ('float32', 'bfloat16'):
-    raise ConfigError(
-        f"model.dtype={config.model.dtype!r}: use 'float32' or 'bfloat16' "
-        '(the compute dtype; parameters stay float32). float16 would need '
-        'loss scaling, which this trainer does not do.')
-  if d.pipeline not in ('tf', 'numpy'):
-    raise ConfigError(f"data.pipeline={d.pipeline!r}: use 'tf' or 'numpy'.")
-  if len(d.input_size) != 2 or min(d.input_size) < 16:
-    raise ConfigError(f'data.input_size={d.input_size} must be (H, W), >= 16.')
-  if d.resize_factor < 1:
-    raise ConfigError(f'data.resize_factor={d.resize_factor} must be >= 1.')
+
+
+def validate(config, num_devices: int = 1) -> None:
+  """Raises ConfigError naming the field and the fix."""
+  _check_keys(config, defaults.get_config(), '')
+  _check_run(config, num_devices)
+  dare.check_config(config.model)
+  optim.check_config(config.optim)
+  spec.check_config(config.data)

@@ -17,10 +17,16 @@ import optax
 from dare_jax.errors import ConfigError
 
 
-def learning_rate_fn(optim_cfg):
-  eps0, t0, t1 = optim_cfg.eps0, optim_cfg.t0, optim_cfg.t1
+def check_config(optim_cfg) -> None:
+  """Every config.optim check (configlib.validate calls it)."""
+  t0, t1 = optim_cfg.t0, optim_cfg.t1
   if not 0 <= t0 < t1:
     raise ConfigError(f'optim.t0={t0} and optim.t1={t1} need 0 <= t0 < t1.')
+
+
+def learning_rate_fn(optim_cfg):
+  check_config(optim_cfg)
+  eps0, t0, t1 = optim_cfg.eps0, optim_cfg.t0, optim_cfg.t1
   decay = optim_cfg.decay_factor
 
   def schedule(count):

@@ -8,7 +8,6 @@
 """
 
 import os
-import sys
 import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
@@ -18,5 +17,3 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       tempfile.mkdtemp(prefix='dare_jax_test_jit_cache_'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
-# `configs` is a top-level folder of the repository, importable from its root.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -112,8 +112,18 @@ def embedding_names(model_cfg) -> tuple[str, ...]:
   return EMBEDDINGS
 
 
-def from_config(model_cfg, bn_axis_name: Optional[str] = None) -> DaRe:
-  """The one place that reads config.model (backbone construction)."""
+def check_config(model_cfg) -> None:
+  """Every config.model check (configlib.validate calls it first)."""
+  _backbone_layout(model_cfg)
+  if model_cfg.dtype not in ('float32', 'bfloat16'):
+    raise ConfigError(
+        f"model.dtype={model_cfg.dtype!r}: use 'float32' or 'bfloat16' "
+        '(the compute dtype; parameters stay float32). float16 would need '
+        'loss scaling, which this trainer does not do.')
+
+
+def _backbone_layout(model_cfg):
+  """(block, stage_sizes, width, growth_rate) of the configured backbone."""
   if model_cfg.heads not in ('dare', 'trinet'):
     raise ConfigError(f"model.heads={model_cfg.heads!r}: use 'dare' (4 exits "
                       "and the fusion) or 'trinet' (the stage-4 head only).")
@@ -128,6 +138,12 @@ def from_config(model_cfg, bn_axis_name: Optional[str] = None) -> DaRe:
     raise ConfigError(f'model.backbone={model_cfg.backbone!r}: use "resnet" '
                       '(model.depth 18/34/50/101) or "densenet" (121/169/201/'
                       '161).')
+  return block, stage_sizes, width, growth_rate
+
+
+def from_config(model_cfg, bn_axis_name: Optional[str] = None) -> DaRe:
+  """The one place that reads config.model (backbone construction)."""
+  block, stage_sizes, width, growth_rate = _backbone_layout(model_cfg)
   return DaRe(block=block, stage_sizes=stage_sizes, width=width,
               backbone=model_cfg.backbone, growth_rate=growth_rate,
               head_hidden=model_cfg.head_hidden,
