@@ -109,10 +109,12 @@ def checkpoint_manager(config, workdir: str, read_only: bool = False):
                                t.keep_checkpoints, read_only=read_only)
 
 
-def restore_latest(built: Built, mngr, workdir: str):
-  """(state, meta) of the latest checkpoint in workdir, or None."""
+def restore_latest(built: Built, mngr, workdir: str,
+                   step: Optional[int] = None):
+  """(state, meta) of the latest checkpoint in workdir (or of `step`), or
+  None when there is none."""
   return checkpointing.restore_latest(mngr, built.abstract_state(),
-                                      built.config.model, workdir)
+                                      built.config.model, workdir, step)
 
 
 def pretrained_variables(host: dict, path: str, heads: bool,
@@ -154,10 +156,11 @@ def restore_or_init(built: Built, mngr, workdir: str):
   return state, {}
 
 
-def restore_for_eval(built: Built, workdir: str):
-  """(state, meta) of the latest checkpoint; CheckpointError if none."""
+def restore_for_eval(built: Built, workdir: str, step: Optional[int] = None):
+  """(state, meta) of the latest checkpoint (or of `step`); CheckpointError
+  if none."""
   mngr = checkpoint_manager(built.config, workdir, read_only=True)
-  restored = restore_latest(built, mngr, workdir)
+  restored = restore_latest(built, mngr, workdir, step)
   mngr.close()
   if restored is None:
     raise errors.CheckpointError(

@@ -70,11 +70,18 @@ def check_fingerprint(meta: dict, model_cfg, where: str) -> None:
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
-                   model_cfg, where: str) -> Optional[tuple[Any, dict]]:
-  """(state, meta) of the latest checkpoint, or None when there is none."""
-  step = mngr.latest_step()
+                   model_cfg, where: str,
+                   step: Optional[int] = None) -> Optional[tuple[Any, dict]]:
+  """(state, meta) of the latest checkpoint (or of `step`), or None when
+  there is none."""
   if step is None:
-    return None
+    step = mngr.latest_step()
+    if step is None:
+      return None
+  elif step not in mngr.all_steps():
+    raise CheckpointError(
+        f'{where} has no checkpoint at step {step}; it has steps '
+        f'{sorted(mngr.all_steps())}.')
   meta = mngr.restore(step, args=ocp.args.Composite(
       meta=ocp.args.JsonRestore()))['meta']
   check_fingerprint(meta, model_cfg, where)

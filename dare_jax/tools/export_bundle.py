@@ -1,0 +1,73 @@
+r"""Writes a trained DaRe as a self-contained bundle (dare_jax/inference).
+
+  python -m dare_jax.tools.export_bundle --config=configs/synthetic.py \
+      --workdir=runs/synthetic --out=bundles/synthetic [--step=N] [--overwrite]
+
+Takes the latest checkpoint of the workdir (or step N) and writes
+OUT/bundle.json, OUT/params.npz and OUT/dare.stablehlo; prints one JSON
+object (the bundle's folder, step and files). Nothing is overwritten without
+--overwrite. Bundle.load(OUT) then runs the model with JAX alone.
+"""
+
+import hashlib
+import json
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from dare_jax.tools import cli
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'The run\'s configs/*.py.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'The trained run (its checkpoints/).')
+flags.DEFINE_string('out', None, 'The bundle folder to write.')
+flags.DEFINE_integer('step', -1, 'The checkpoint step; -1 = the latest.')
+flags.DEFINE_bool('overwrite', False, 'Replace an existing bundle in --out.')
+flags.mark_flags_as_required(['config', 'workdir', 'out'])
+
+
+def export(config, workdir: str, out: str, step: int = -1,
+           overwrite: bool = False) -> dict:
+  """Writes the bundle of workdir's checkpoint; returns what the CLI prints."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from dare_jax import builder
+  from dare_jax import checkpointing
+  from dare_jax.budget import costs
+  from dare_jax.inference import bundle
+  # pylint: enable=g-import-not-at-top
+  built = builder.build(config)
+  state, _ = builder.restore_for_eval(built, workdir,
+                                      None if step < 0 else step)
+  metrics = None
+  metrics_path = os.path.join(workdir, 'metrics.json')
+  if os.path.isfile(metrics_path):
+    with open(metrics_path) as f:
+      metrics = json.load(f)
+  provenance = {
+      'checkpoint_step': int(state.step),
+      'workdir': os.path.abspath(workdir),
+      'model_fingerprint': checkpointing.model_fingerprint(config.model),
+      'config_sha256': hashlib.sha256(
+          config.to_json(sort_keys=True).encode()).hexdigest(),
+      'metrics': metrics,
+      'jax_version': jax.__version__,
+  }
+  meta = bundle.metadata(config, costs.config_exit_costs(config), provenance)
+  files = bundle.write(out, meta, builder.variables(state), overwrite)
+  return {'bundle': os.path.abspath(out), 'step': int(state.step),
+          'files': [os.path.basename(f) for f in files]}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  return cli.emit_json(lambda: export(FLAGS.config, FLAGS.workdir, FLAGS.out,
+                                      FLAGS.step, FLAGS.overwrite))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,171 @@
+"""The model bundle: export a checkpoint, load it with JAX alone, and the
+serialised forward run in a fresh process that imports no dare_jax code."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import smoke
+from dare_jax import checkpointing
+from dare_jax import errors
+from dare_jax.inference import bundle as bundle_lib
+from dare_jax.models import dare
+from dare_jax.tools import export_bundle
+
+H, W = smoke.get_config().data.input_size
+
+
+def _checkpoint(tmp_path, seed=3):
+  """A workdir whose step-7 checkpoint holds variables made here (random
+  weights and running statistics), and those variables."""
+  config = smoke.get_config()
+  model = dare.from_config(config.model)
+  v = model.init(jax.random.key(seed), jnp.zeros((1, H, W, 3)), train=False)
+  rng = np.random.default_rng(seed)
+
+  def stat(path, x):  # non-trivial running statistics for eval-mode BN
+    if jax.tree_util.keystr(path).endswith("['var']"):
+      return np.abs(rng.normal(1, 0.3, x.shape)).astype(np.float32)
+    return rng.normal(0, 0.2, x.shape).astype(np.float32)
+  v = jax.device_get(v)
+  v = {'params': v['params'],
+       'batch_stats': jax.tree_util.tree_map_with_path(stat, v['batch_stats'])}
+  from dare_jax import builder  # pylint: disable=g-import-not-at-top
+  built = builder.build(config)
+  state = built.init_state().replace(step=jnp.asarray(7, jnp.int32),
+                                     params=v['params'],
+                                     batch_stats=v['batch_stats'])
+  workdir = str(tmp_path / 'run')
+  mngr = checkpointing.manager(workdir, 1, 1)
+  checkpointing.save(mngr, 7, state, {
+      'model': checkpointing.model_fingerprint(config.model),
+      'train_loss': {}}, force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+  return config, workdir, model, v
+
+
+def _inputs(n=5, seed=0):
+  return np.random.default_rng(seed).normal(size=(n, H, W, 3)).astype(
+      np.float32)
+
+
+# The fresh process: numpy and jax only, so the artifact needs nothing of
+# this repository.
+_FRESH = r'''
+import sys, numpy as np, jax
+from jax import export
+path, x_path, out_path = sys.argv[1:]
+flat = dict(np.load(path + '/params.npz'))
+tree = {}
+for k, v in flat.items():
+  node = tree
+  *parents, leaf = k.split('/')
+  for p in parents:
+    node = node.setdefault(p, {})
+  node[leaf] = v
+exp = export.deserialize(bytearray(open(path + '/dare.stablehlo', 'rb').read()))
+out = exp.call(tree, np.load(x_path))
+np.savez(out_path, **{k: np.asarray(v) for k, v in out.items()})
+print(','.join(sorted(m.split('.')[0] for m in sys.modules
+                      if m.startswith(('dare_jax', 'configs', 'tensorflow')))))
+'''
+
+
+def test_bundle_round_trip_equals_the_flax_forward(tmp_path):
+  config, workdir, model, v = _checkpoint(tmp_path)
+  with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
+    json.dump({'fused': {'rank1': 0.5}}, f)
+  out = str(tmp_path / 'bundle')
+  printed = export_bundle.export(config, workdir, out)
+  assert printed['step'] == 7
+  assert sorted(printed['files']) == sorted(bundle_lib.FILES)
+
+  b = bundle_lib.Bundle.load(out)
+  meta = b.meta
+  assert meta['format_version'] == bundle_lib.FORMAT_VERSION
+  assert (meta['input']['height'], meta['input']['width']) == (H, W)
+  assert meta['input']['mean'] == list(config.data.mean)
+  assert meta['input']['std'] == list(config.data.std)
+  assert b.embedding_names == dare.EMBEDDINGS
+  assert b.embedding_dim == config.model.embedding_dim
+  assert meta['provenance']['checkpoint_step'] == 7
+  assert meta['provenance']['metrics'] == {'fused': {'rank1': 0.5}}
+  # Cumulative Mul-Adds grow exit by exit.
+  c = [b.exit_costs[f'stage{s}'] for s in range(1, 5)]
+  assert all(0 < a < b_ for a, b_ in zip(c, c[1:]))
+  # The variables are the checkpoint's, bit for bit.
+  jax.tree.map(np.testing.assert_array_equal, b.variables, v)
+
+  x = _inputs()
+  want = jax.device_get(model.apply(v, x, train=False))
+  got = b.forward(x)
+  assert set(got) == set(dare.EMBEDDINGS)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6)
+  # embed(uint8) = forward of the normalised pixels, with the bundle's
+  # mean and std (written out here, not read from the code).
+  pixels = np.random.default_rng(1).integers(0, 256, (3, H, W, 3), np.uint8)
+  norm = ((pixels / 255.0 - np.array(config.data.mean)) /
+          np.array(config.data.std)).astype(np.float32)
+  want_px = jax.device_get(model.apply(v, norm, train=False))
+  for k, e in b.embed(pixels).items():
+    np.testing.assert_allclose(e, want_px[k], rtol=1e-5, atol=1e-6)
+
+  # The serialised forward, reloaded in a fresh process, at another batch
+  # size than any traced here (the batch is symbolic).
+  np.save(tmp_path / 'x.npy', x[:3])
+  proc = subprocess.run(
+      [sys.executable, '-c', _FRESH, out, str(tmp_path / 'x.npy'),
+       str(tmp_path / 'y.npz')], capture_output=True, text=True, timeout=300,
+      cwd=str(tmp_path), check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == '', proc.stdout  # no dare_jax, no TF
+  with np.load(tmp_path / 'y.npz') as y:
+    for k in want:
+      np.testing.assert_allclose(y[k], want[k][:3], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_bundles_and_overwrite_are_refused(tmp_path):
+  config, workdir, _, _ = _checkpoint(tmp_path)
+  out = str(tmp_path / 'bundle')
+  export_bundle.export(config, workdir, out)
+  with pytest.raises(errors.ConfigError, match='--overwrite'):
+    export_bundle.export(config, workdir, out)
+  with pytest.raises(errors.CheckpointError, match=r'no checkpoint at step 3.*\[7\]'):
+    export_bundle.export(config, workdir, str(tmp_path / 'b3'), step=3)
+  meta_path = os.path.join(out, bundle_lib.META)
+  with open(meta_path) as f:
+    meta = json.load(f)
+  with open(meta_path, 'w') as f:
+    json.dump({**meta, 'format_version': 99}, f)
+  with pytest.raises(errors.DataError, match='version 99.*reads version 1'):
+    bundle_lib.Bundle.load(out)
+  os.remove(os.path.join(out, bundle_lib.PARAMS))
+  with pytest.raises(errors.DataNotFoundError, match='lacks params.npz'):
+    bundle_lib.Bundle.load(out)
+
+
+def test_export_bundle_cli_prints_one_json_object(tmp_path):
+  config, workdir, _, _ = _checkpoint(tmp_path)
+  del config
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, '-m', 'dare_jax.tools.export_bundle',
+         '--config=configs/smoke.py', f'--workdir={workdir}',
+         f'--out={tmp_path / "b"}']
+  proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert json.loads(proc.stdout)['step'] == 7
+  again = subprocess.run(cmd, cwd=root, capture_output=True, text=True,
+                         timeout=300, check=False)
+  assert again.returncode == 1
+  err = [l for l in again.stderr.splitlines() if l.startswith('error:')]
+  assert len(err) == 1 and '--overwrite' in err[0], again.stderr[-2000:]
+  assert 'Traceback' not in again.stderr
