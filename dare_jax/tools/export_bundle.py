@@ -20,14 +20,18 @@ from ml_collections import config_flags
 from dare_jax.tools import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'The run\'s configs/*.py.',
-                                lock_config=True)
-flags.DEFINE_string('workdir', None, 'The trained run (its checkpoints/).')
-flags.DEFINE_string('out', None, 'The bundle folder to write.')
-flags.DEFINE_integer('step', -1, 'The checkpoint step; -1 = the latest.')
-flags.DEFINE_bool('overwrite', False, 'Replace an existing bundle in --out.')
-flags.mark_flags_as_required(['config', 'workdir', 'out'])
 
+
+def define_flags() -> None:
+  """Only when run as a program: tests import this module beside other
+  tools that define --config too."""
+  config_flags.DEFINE_config_file('config', None, "The run's configs/*.py.",
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'The trained run (its checkpoints/).')
+  flags.DEFINE_string('out', None, 'The bundle folder to write.')
+  flags.DEFINE_integer('step', -1, 'The checkpoint step; -1 = the latest.')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing bundle in --out.')
+  flags.mark_flags_as_required(['config', 'workdir', 'out'])
 
 def export(config, workdir: str, out: str, step: int = -1,
            overwrite: bool = False) -> dict:
@@ -70,4 +74,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
