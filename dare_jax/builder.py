@@ -146,7 +146,7 @@ def restore_or_init(built: Built, mngr, workdir: str):
     logging.info('Resuming from %s at step %d.', mngr.directory,
                  int(restored[0].step))
     return restored
-  state = init_state(built.config, built.model, built.tx, built.mesh)
+  state = built.init_state()
   m = built.config.model
   if m.pretrained:
     state, _ = with_pretrained(built, state, m.pretrained, m.pretrained_heads)

@@ -264,7 +264,7 @@ def summary_lines(report: dict) -> list[str]:
 
 def budget_mode(config, workdir: str) -> dict:
   """--mode=budget: the report without baselines, summarised in the log."""
-  result = write_report(compute_report(config, workdir), workdir)
+  result = resource_report(config, workdir)
   for line in summary_lines(result):
     logging.info('%s', line)
   return result
