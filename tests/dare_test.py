@@ -210,3 +210,23 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_where_it_matters():
   jaxpr32 = jax.make_jaxpr(lambda p: train_out(m32, p)[0])(v['params'])
   assert _conv_and_dot_dtypes(jaxpr16.jaxpr) == {('bfloat16', 'bfloat16')}
   assert _conv_and_dot_dtypes(jaxpr32.jaxpr) == {('float32', 'float32')}
+
+
+def test_pools_equal_flax_pools_with_explicit_padding():
+  """models/pooling (written for jax2onnx) = nn.max_pool / nn.avg_pool,
+  values and gradients, bit for bit, in float32 and bfloat16."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from dare_jax.models import pooling  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 17, 12, 5)),
+                  jnp.float32)
+  for dt in (jnp.float32, jnp.bfloat16):
+    y = x.astype(dt)
+    np.testing.assert_array_equal(
+        pooling.max_pool(y, 3, 2, pad=1),
+        nn.max_pool(y, (3, 3), (2, 2), padding=((1, 1), (1, 1))))
+    np.testing.assert_array_equal(pooling.avg_pool(y[:, :16], 2, 2),
+                                  nn.avg_pool(y[:, :16], (2, 2), (2, 2)))
+  grad = lambda f: jax.grad(lambda y: jnp.sum(f(y)**2))(x)
+  np.testing.assert_array_equal(
+      grad(lambda y: pooling.max_pool(y, 3, 2, pad=1)),
+      grad(lambda y: nn.max_pool(y, (3, 3), (2, 2), padding=((1, 1), (1, 1)))))

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dare_jax.errors import ConfigError
+from dare_jax.models import pooling
 
 # depth -> (growth rate, layers per block, stem features), torchvision's.
 DEPTHS = {
@@ -98,7 +99,7 @@ class Transition(nn.Module):
   def __call__(self, x):
     x = nn.relu(self.norm(name='norm')(x))
     x = _conv(self.features, 1, 1, 'conv', self.dtype)(x)
-    return nn.avg_pool(x, (2, 2), (2, 2))
+    return pooling.avg_pool(x, 2, 2)
 
 
 class DenseNet(nn.Module):
@@ -114,7 +115,7 @@ class DenseNet(nn.Module):
     """The first num_stages stage maps (anytime: later blocks never run)."""
     x = _conv(self.num_init_features, 7, 2, 'conv0', self.dtype)(x)
     x = nn.relu(self.norm(name='norm0')(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = pooling.max_pool(x, 3, 2, pad=1)
     last = len(self.block_config) - 1
     maps = []
     for b, n in enumerate(self.block_config[:num_stages]):

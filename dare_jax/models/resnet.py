@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dare_jax.errors import ConfigError
+from dare_jax.models import pooling
 
 ModuleDef = Any
 
@@ -112,7 +113,7 @@ class ResNet(nn.Module):
     """The first num_stages stage maps (anytime: later stages never run)."""
     x = _conv(self.width, 7, 2, 'conv1', self.dtype)(x)
     x = nn.relu(self.norm(name='bn1')(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = pooling.max_pool(x, 3, 2, pad=1)
     block_cls = BLOCKS[self.block]
     in_ch, maps = self.width, []
     for s, n_blocks in enumerate(self.stage_sizes[:num_stages]):
