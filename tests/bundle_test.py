@@ -145,8 +145,10 @@ def test_bad_bundles_and_overwrite_are_refused(tmp_path):
     meta = json.load(f)
   with open(meta_path, 'w') as f:
     json.dump({**meta, 'format_version': 99}, f)
-  with pytest.raises(errors.DataError, match='version 99.*reads version 1'):
+  with pytest.raises(errors.DataError, match=f'version 99.*reads version {bundle_lib.FORMAT_VERSION}'):
     bundle_lib.Bundle.load(out)
+  with open(meta_path, 'w') as f:
+    json.dump(meta, f)
   os.remove(os.path.join(out, bundle_lib.PARAMS))
   with pytest.raises(errors.DataNotFoundError, match='lacks params.npz'):
     bundle_lib.Bundle.load(out)

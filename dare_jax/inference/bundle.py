@@ -9,6 +9,10 @@ nothing from training.
                          ('params/backbone/...', 'batch_stats/...')
   BUNDLE/dare.stablehlo  the eval forward serialised with jax.export for cpu
                          and cuda, symbolic batch: (variables, x) -> {name: emb}
+  BUNDLE/model.onnx      the same forward as ONNX (jax2onnx), the variables
+                         folded in as constants, dynamic batch: input 'x',
+                         one output per embedding name; always float32
+                         (onnxruntime's CPU kernels have no bfloat16 convs)
 
 params.npz rather than an Orbax item: one file that numpy alone reads (no
 Orbax or TensorStore at deployment, and other frameworks read it too), and
@@ -18,7 +22,12 @@ memory at once, so Orbax's sharded, asynchronous writes buy nothing here.
 The forward takes x: float32 [B, H, W, 3], RGB, NHWC, already normalised
 ((pixels / 255 - mean) / std, the bundle's mean and std); Bundle.embed
 does that from uint8 pixels, so preprocessing is read from the bundle, never
-guessed by the caller.
+guessed by the caller. The ONNX model takes the same NHWC tensor: the layout
+JAX computes in, so the graph has no transposes at its ends and one
+preprocessing serves both runtimes (jax2onnx's inputs_as_nchw could add a
+transpose for NCHW callers; not done, to keep one documented input).
+
+Format version 2 added model.onnx; a version-1 bundle is refused by name.
 
 Bundle.load needs JAX and this package's models/ only: no configs/, no
 TensorFlow, no checkpoint folder.
@@ -27,6 +36,7 @@ TensorFlow, no checkpoint folder.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Callable, Mapping
@@ -41,11 +51,17 @@ from dare_jax.data import device_ops
 from dare_jax.models import dare
 
 FORMAT = 'dare_jax.bundle'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 META = 'bundle.json'
 PARAMS = 'params.npz'
 STABLEHLO = 'dare.stablehlo'
-FILES = (META, PARAMS, STABLEHLO)
+ONNX = 'model.onnx'
+FILES = (META, PARAMS, STABLEHLO, ONNX)
+ONNX_INPUT = 'x'
+# The lowest opset jax2onnx's graphs validate at (its ReduceMean takes axes
+# as an input, opset 18's form); older runtimes read it (TensorRT 10 does).
+ONNX_OPSET = 18
+RUNTIMES = ('jax', 'onnx')
 PLATFORMS = ('cpu', 'cuda')
 # Model fields that name where weights came from, not what the network is.
 _NOT_BUILD = ('pretrained', 'pretrained_heads')
@@ -104,6 +120,55 @@ def export_forward(model: dare.DaRe, variables, input_hw) -> bytes:
   return bytes(exp.serialize())
 
 
+def export_onnx(model: dare.DaRe, variables, input_hw,
+                num_exits: int = 4) -> bytes:
+  """The eval forward (its first num_exits exits) as an ONNX model.
+
+  Input ONNX_INPUT float32 ['B', H, W, 3] (normalised NHWC, as forward_fn);
+  outputs float32 ['B', D], one per embedding, named as the model names
+  them. The variables become constants of the graph; the model is exported
+  in float32 whatever its compute dtype.
+  """
+  import jax2onnx  # pylint: disable=g-import-not-at-top
+  h, w = input_hw
+  model = model.clone(dtype=jnp.float32)
+  host = jax.device_get(variables)
+  x = jnp.zeros((1, h, w, 3), jnp.float32)
+  names = tuple(jax.eval_shape(
+      lambda x: model.apply(host, x, train=False, num_exits=num_exits), x))
+
+  def fn(x_BxHxWx3):
+    out = model.apply(host, x_BxHxWx3, train=False, num_exits=num_exits)
+    return tuple(out[k] for k in names)
+  proto = jax2onnx.to_onnx(fn, [('B', h, w, 3)], model_name='dare',
+                           opset=ONNX_OPSET, input_names=[ONNX_INPUT],
+                           output_names=list(names))
+  return proto.SerializeToString()
+
+
+def onnx_session(model: bytes | str, threads: int = 0):
+  """An onnxruntime CPU session of an ONNX model (bytes or a path); threads
+  0 = onnxruntime's default (one per core)."""
+  import onnxruntime as ort  # pylint: disable=g-import-not-at-top
+  opts = ort.SessionOptions()
+  # jax2onnx's intermediate shape annotations make onnxruntime warn while it
+  # merges them (harmless, 'lenient merge'); keep its errors only.
+  opts.log_severity_level = 3
+  opts.intra_op_num_threads = threads
+  return ort.InferenceSession(model, sess_options=opts,
+                              providers=['CPUExecutionProvider'])
+
+
+def onnx_forward(session) -> Callable:
+  """x float32 [B, H, W, 3] -> {name: float32 [B, D]} of an onnx_session."""
+  names = [o.name for o in session.get_outputs()]
+
+  def run(x_BxHxWx3):
+    x = np.ascontiguousarray(x_BxHxWx3, np.float32)
+    return dict(zip(names, session.run(names, {ONNX_INPUT: x})))
+  return run
+
+
 def metadata(config, exit_costs: Mapping[str, int],
              provenance: Mapping[str, Any]) -> dict:
   d = config.data
@@ -128,8 +193,15 @@ def metadata(config, exit_costs: Mapping[str, int],
       'embeddings': {'names': list(dare.embedding_names(config.model)),
                      'dim': int(model.embedding_dim)},
       'exit_costs': {k: int(v) for k, v in exit_costs.items()},
+      # How the run's evaluation compares embeddings; tools/search uses it.
+      'search': {'metric': str(config.eval.metric),
+                 'normalize': bool(config.eval.normalize),
+                 'k1': int(config.eval.k1), 'k2': int(config.eval.k2),
+                 'lambda_value': float(config.eval.lambda_value)},
       'files': {'params': PARAMS, 'stablehlo': STABLEHLO,
-                'stablehlo_platforms': list(PLATFORMS)},
+                'stablehlo_platforms': list(PLATFORMS), 'onnx': ONNX,
+                'onnx_input': ONNX_INPUT, 'onnx_opset': ONNX_OPSET,
+                'onnx_dtype': 'float32'},
       'provenance': dict(provenance),
   }
 
@@ -147,11 +219,13 @@ def write(out_dir: str, meta: Mapping[str, Any], variables,
   model = model_from_fields(meta['model'])
   hw = (meta['input']['height'], meta['input']['width'])
   blobs = {STABLEHLO: export_forward(model, host, hw),
+           ONNX: export_onnx(model, host, hw),
            META: json.dumps(meta, indent=2, sort_keys=True).encode()}
   params = os.path.join(out_dir, PARAMS)
   np.savez(params + '.tmp.npz', **flatten(host))
   os.replace(params + '.tmp.npz', params)
-  for name in (STABLEHLO, META):  # bundle.json last: its presence = complete
+  # bundle.json last: its presence means the bundle is complete.
+  for name in (STABLEHLO, ONNX, META):
     path = os.path.join(out_dir, name)
     with open(path + '.tmp', 'wb') as f:
       f.write(blobs[name])
@@ -172,33 +246,69 @@ def _check_meta(path: str, meta: Mapping[str, Any]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Bundle:
-  """A loaded bundle: its metadata, variables and model."""
+  """A loaded bundle: its metadata, variables and model.
+
+  forward / embed run on `runtime`: 'jax' (the Flax model, jitted) or 'onnx'
+  (model.onnx in onnxruntime, whose session is made on first use).
+  """
   path: str
   meta: dict
   variables: dict
   model: dare.DaRe
-  _forward: Callable = dataclasses.field(repr=False, compare=False)
+  runtime: str = 'jax'
+  # sha256 of params.npz's arrays, 16 hex digits: features files carry it,
+  # so that search never compares embeddings of two different models.
+  fingerprint: str = ''
+  _cache: dict = dataclasses.field(default_factory=dict, repr=False,
+                                   compare=False)
 
   @classmethod
-  def load(cls, path: str) -> Bundle:
+  def load(cls, path: str, runtime: str = 'jax') -> Bundle:
+    if runtime not in RUNTIMES:
+      raise errors.ConfigError(f'runtime={runtime!r}: use one of '
+                               f'{", ".join(RUNTIMES)}.')
+    if not os.path.isdir(path):
+      raise errors.DataNotFoundError(
+          f'{path}: no bundle folder there (write one with python -m '
+          'dare_jax.tools.export_bundle).')
+    meta_path = os.path.join(path, META)
+    if os.path.isfile(meta_path):  # the version first: it explains the rest
+      with open(meta_path) as f:
+        meta = json.load(f)
+      _check_meta(meta_path, meta)
     for f in FILES:
       if not os.path.isfile(os.path.join(path, f)):
         raise errors.DataNotFoundError(
-            f'{path}: the bundle lacks {f} (a bundle holds '
-            f'{", ".join(FILES)}; write one with python -m '
+            f'{path}: the bundle lacks {f} (a version-{FORMAT_VERSION} '
+            f'bundle holds {", ".join(FILES)}; write one with python -m '
             'dare_jax.tools.export_bundle).')
-    with open(os.path.join(path, META)) as f:
-      meta = json.load(f)
-    _check_meta(os.path.join(path, META), meta)
     with np.load(os.path.join(path, PARAMS)) as npz:
-      variables = unflatten({k: npz[k] for k in npz.files})
+      flat = {k: npz[k] for k in npz.files}
+    digest = hashlib.sha256()  # of the arrays, not the zip (it dates them)
+    for k in sorted(flat):
+      digest.update(f'{k}:{flat[k].dtype.str}:{flat[k].shape};'.encode())
+      digest.update(np.ascontiguousarray(flat[k]).tobytes())
+    variables = unflatten(flat)
     model = model_from_fields(meta['model'])
     return cls(path=path, meta=meta, variables=variables, model=model,
-               _forward=jax.jit(forward_fn(model)))
+               runtime=runtime, fingerprint=digest.hexdigest()[:16])
+
+  def with_runtime(self, runtime: str) -> Bundle:
+    """The same bundle on another runtime (the variables are shared)."""
+    if runtime not in RUNTIMES:
+      raise errors.ConfigError(f'runtime={runtime!r}: use one of '
+                               f'{", ".join(RUNTIMES)}.')
+    return dataclasses.replace(self, runtime=runtime, _cache={})
 
   @property
   def input_hw(self) -> tuple[int, int]:
     return self.meta['input']['height'], self.meta['input']['width']
+
+  @property
+  def resize_hw(self) -> tuple[int, int]:
+    """The size an image is resized to before its crops (data/augment)."""
+    f = self.meta['input']['resize_factor']
+    return tuple(int(round(n * f)) for n in self.input_hw)
 
   @property
   def embedding_names(self) -> tuple[str, ...]:
@@ -218,17 +328,31 @@ class Bundle:
     with open(os.path.join(self.path, STABLEHLO), 'rb') as f:
       return jax.export.deserialize(bytearray(f.read()))
 
+  def _runner(self) -> Callable:
+    if 'run' not in self._cache:
+      if self.runtime == 'onnx':
+        self._cache['run'] = onnx_forward(
+            onnx_session(os.path.join(self.path, ONNX)))
+      else:
+        fwd = jax.jit(forward_fn(self.model))
+        self._cache['run'] = lambda x: jax.device_get(
+            fwd(self.variables, x))
+    return self._cache['run']
+
   def forward(self, x_BxHxWx3) -> dict[str, np.ndarray]:
     """{name: float32 [B, D]} of normalised float32 input, in eval mode."""
-    return jax.device_get(self._forward(self.variables, x_BxHxWx3))
+    return self._runner()(x_BxHxWx3)
 
-  def embed(self, images_BxHxWx3: np.ndarray) -> dict[str, np.ndarray]:
-    """{name: float32 [B, D]} of uint8 RGB images at the input size."""
+  def normalize(self, images_BxHxWx3: np.ndarray) -> np.ndarray:
+    """float32 (pixels / 255 - mean) / std of uint8 RGB at the input size."""
     if tuple(images_BxHxWx3.shape[1:3]) != self.input_hw:
       raise errors.DataError(
           f'images of {tuple(images_BxHxWx3.shape[1:3])} pixels; this bundle '
           f'takes {self.input_hw} (H, W).')
     i = self.meta['input']
-    x = device_ops.normalize(jnp.asarray(images_BxHxWx3), i['mean'], i['std'])
-    return self.forward(x)
+    return np.asarray(device_ops.normalize(jnp.asarray(images_BxHxWx3),
+                                           i['mean'], i['std']))
 
+  def embed(self, images_BxHxWx3: np.ndarray) -> dict[str, np.ndarray]:
+    """{name: float32 [B, D]} of uint8 RGB images at the input size."""
+    return self.forward(self.normalize(images_BxHxWx3))

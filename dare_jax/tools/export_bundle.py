@@ -4,9 +4,10 @@ r"""Writes a trained DaRe as a self-contained bundle (dare_jax/inference).
       --workdir=runs/synthetic --out=bundles/synthetic [--step=N] [--overwrite]
 
 Takes the latest checkpoint of the workdir (or step N) and writes
-OUT/bundle.json, OUT/params.npz and OUT/dare.stablehlo; prints one JSON
-object (the bundle's folder, step and files). Nothing is overwritten without
---overwrite. Bundle.load(OUT) then runs the model with JAX alone.
+OUT/bundle.json, OUT/params.npz, OUT/dare.stablehlo (jax.export, cpu and
+cuda) and OUT/model.onnx (jax2onnx); prints one JSON object (the bundle's
+folder, step and files). Nothing is overwritten without --overwrite.
+Bundle.load(OUT) then runs the model with JAX alone, or with onnxruntime.
 """
 
 import hashlib
