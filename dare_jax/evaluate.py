@@ -1,5 +1,6 @@
 """Evaluation modes: embed a dataset's query and gallery with TTA, score the
-embeddings (CMC/mAP, re-ranking), write metrics.json and features.npz.
+embeddings (CMC/mAP, re-ranking), write metrics.json, features.npz and the
+figures (training curves, accuracy per exit, ranked lists).
 
   --mode=eval    evaluate_checkpoint: the latest checkpoint, scored
   --mode=export  export_features: the latest checkpoint's features.npz only
@@ -23,6 +24,7 @@ from dare_jax.data import datasets
 from dare_jax.data import spec as spec_lib
 from dare_jax.evaluation import embed as embed_lib
 from dare_jax.evaluation import features as features_lib
+from dare_jax.inference import figures
 
 
 def load_dataset(config, workdir: str):
@@ -92,10 +94,21 @@ def run_evaluation(built: builder.Built, dataset, state, workdir: str,
   if distributed.is_main_process():
     reporting.write_json(os.path.join(workdir, 'metrics.json'), results)
     write_features(os.path.join(workdir, 'features.npz'), feats)
+    written = plots.write_run_figures(workdir, results)
+    written.append(write_ranked_lists(config, dataset, feats, workdir))
     logging.info('Wrote metrics.json, features.npz and %s',
-                 ', '.join(os.path.basename(p) for p in
-                           plots.write_run_figures(workdir, results)))
+                 ', '.join(os.path.basename(p) for p in written if p))
   return results
+
+
+def write_ranked_lists(config, dataset, feats, workdir: str):
+  """ranked_lists.png in workdir: the worst and best queries by AP with
+  their top 10; None (and no file) for video data."""
+  e = config.eval
+  return figures.write_ranked_lists(
+      os.path.join(workdir, 'ranked_lists.png'), feats, dataset.query,
+      dataset.gallery, image_hw=tuple(config.data.input_size),
+      metric=e.metric, normalize=e.normalize, ap=e.ap, n=10, topk=10)
 
 
 def restore(config, workdir: str):

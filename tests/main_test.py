@@ -66,7 +66,7 @@ def test_train_writes_metrics_that_match_an_independent_evaluation(tmp_path):
       np.testing.assert_allclose(metrics[name][k], ref[k], atol=1e-6)
     assert metrics[name]['num_valid_queries'] == ref['num_valid_queries']
   assert results['fused'] == metrics['fused']
-  for png in ('training.png', 'exits.png'):
+  for png in ('training.png', 'exits.png', 'ranked_lists.png'):
     assert os.path.getsize(os.path.join(workdir, png)) > 1000
 
   # --mode=eval restores the checkpoint and reproduces the numbers.
