@@ -1,0 +1,382 @@
+"""Deployment: the ONNX and StableHLO forms equal the Flax forward, tools/embed
+equals --mode=export, and embed + search work end to end from outside the
+repository, on made-up images and on real CUHK01 crops."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+from configs import smoke
+from dare_jax import errors
+from dare_jax import evaluate
+from dare_jax.evaluation import rerank as rerank_lib
+from dare_jax.inference import bundle as bundle_lib
+from dare_jax.inference import gallery
+from dare_jax.inference import images
+from dare_jax.models import dare
+from dare_jax.tools import embed as embed_tool
+from dare_jax.tools import export_bundle
+from dare_jax.tools import search as search_tool
+from tests import bundle_test
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
+CUHK01 = os.path.join(SHARED, 'cuhk01', 'campus')
+
+
+def _random_stats(v, seed):
+  rng = np.random.default_rng(seed)
+
+  def stat(path, x):
+    if jax.tree_util.keystr(path).endswith("['var']"):
+      return np.abs(rng.normal(1, 0.3, x.shape)).astype(np.float32)
+    return rng.normal(0, 0.2, x.shape).astype(np.float32)
+  v = jax.device_get(v)
+  return {'params': v['params'],
+          'batch_stats': jax.tree_util.tree_map_with_path(stat,
+                                                          v['batch_stats'])}
+
+
+# Small widths of both backbones; DenseNet needs 32x pooling room.
+BACKBONES = {
+    'resnet': (dict(block='basic', stage_sizes=(1, 1, 1, 1), width=4),
+               (32, 16)),
+    'densenet': (dict(block='', stage_sizes=(2, 2, 2, 2), width=8,
+                      backbone='densenet', growth_rate=4), (64, 32)),
+}
+
+
+@pytest.mark.parametrize('backbone', sorted(BACKBONES))
+def test_onnx_and_stablehlo_equal_the_flax_forward(backbone, tmp_path):
+  fields, hw = BACKBONES[backbone]
+  model = dare.DaRe(head_hidden=16, embedding_dim=8, **fields)
+  v = _random_stats(model.init(jax.random.key(0), jnp.zeros((1,) + hw + (3,)),
+                               train=False), seed=1)
+  x = np.random.default_rng(2).normal(size=(3,) + hw + (3,)).astype(
+      np.float32)
+  want = jax.device_get(model.apply(v, x, train=False))
+
+  # ONNX in onnxruntime, at a batch size the export never saw.
+  session = bundle_lib.onnx_session(bundle_lib.export_onnx(model, v, hw))
+  assert [i.name for i in session.get_inputs()] == [bundle_lib.ONNX_INPUT]
+  assert session.get_inputs()[0].shape[0] == 'B'  # a dynamic batch
+  got = bundle_lib.onnx_forward(session)(x)
+  assert set(got) == set(dare.EMBEDDINGS)
+  for k in want:
+    scale = np.abs(want[k]).max()
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4 * scale)
+
+  # The jax.export artifact, reloaded in a fresh process (numpy and jax
+  # only), at another batch size than traced.
+  out = tmp_path / 'b'
+  out.mkdir()
+  np.savez(out / bundle_lib.PARAMS, **bundle_lib.flatten(v))
+  (out / bundle_lib.STABLEHLO).write_bytes(
+      bundle_lib.export_forward(model, v, hw))
+  np.save(tmp_path / 'x.npy', x)
+  proc = subprocess.run(
+      [sys.executable, '-c', bundle_test._FRESH, str(out),  # pylint: disable=protected-access
+       str(tmp_path / 'x.npy'), str(tmp_path / 'y.npz')],
+      capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+      check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == '', proc.stdout
+  with np.load(tmp_path / 'y.npz') as y:
+    for k in want:
+      np.testing.assert_allclose(y[k], want[k], rtol=1e-5,
+                                 atol=1e-5 * np.abs(want[k]).max())
+
+
+# ----------------------------------------------------------------------------
+# A folder dataset of made-up images and a bundle of a smoke-sized DaRe.
+
+
+def _write_images(folder, names, seed, size=(40, 20)):
+  os.makedirs(folder, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  for n in names:
+    px = rng.integers(0, 256, size + (3,), np.uint8)
+    px[: size[0] // 2] //= 2  # some structure, so views differ
+    Image.fromarray(px).save(os.path.join(folder, n))
+
+
+@pytest.fixture(scope='module')
+def made_up(tmp_path_factory):
+  """(config, workdir, bundle dir, dataset root) with a trained-looking
+  checkpoint (random weights, non-trivial BN statistics)."""
+  tmp = tmp_path_factory.mktemp('made_up')
+  root = str(tmp / 'data')
+  # Market names: person, camera; PNGs at another size than the input, so
+  # the resize and the 10 crops both matter.
+  _write_images(os.path.join(root, 'bounding_box_train'),
+                [f'{p:04d}_c{c}_{i}.png' for p in (1, 2) for c in (1, 2)
+                 for i in range(2)], seed=0)
+  _write_images(os.path.join(root, 'query'),
+                [f'{p:04d}_c1_q.png' for p in (3, 4, 5)], seed=1)
+  _write_images(os.path.join(root, 'bounding_box_test'),
+                [f'{p:04d}_c2_{i}.png' for p in (3, 4, 5, 6) for i in range(2)],
+                seed=2, size=(36, 18))
+  config, workdir, _, _ = bundle_test._checkpoint(tmp)  # pylint: disable=protected-access
+  config = smoke.get_config()
+  config.data.dataset = 'folder'
+  config.data.root = root
+  config.eval.batch_size = 8  # the query's batch is padded
+  out = str(tmp / 'bundle')
+  export_bundle.export(config, workdir, out)
+  return config, workdir, out, root
+
+
+def test_embed_equals_mode_export(made_up, tmp_path):
+  config, workdir, bundle_dir, root = made_up
+  path = evaluate.export_features(config, workdir)
+  with np.load(path) as z:
+    want = dict(z)
+  for what, folder in (('query', 'query'), ('gallery', 'bounding_box_test')):
+    out = str(tmp_path / f'{what}.npz')
+    printed = embed_tool.embed(bundle_dir, os.path.join(root, folder), out,
+                               batch=3, progress=False)
+    assert printed['embedded'] == len(want[f'{what}_pids'])
+    with np.load(out) as got:
+      assert list(got['paths']) == sorted(
+          os.path.join(root, folder, f)
+          for f in os.listdir(os.path.join(root, folder)))
+      for name in dare.EMBEDDINGS:
+        w = want[f'{what}_{name}']
+        np.testing.assert_allclose(got[name], w, rtol=1e-5,
+                                   atol=1e-5 * np.abs(w).max())
+  # tta=1 (the centre crop) differs from the 10-view mean, and the ONNX
+  # runtime gives the tta=10 embeddings too.
+  one = embed_tool.embed(bundle_dir, os.path.join(root, 'query'),
+                         str(tmp_path / 'q1.npz'), tta=1, progress=False)
+  assert one['tta'] == 1
+  with np.load(tmp_path / 'q1.npz') as z1, \
+      np.load(tmp_path / 'query.npz') as z10:
+    assert np.abs(z1['fused'] - z10['fused']).max() > 1e-3
+  embed_tool.embed(bundle_dir, os.path.join(root, 'query'),
+                   str(tmp_path / 'qo.npz'), runtime='onnx', progress=False)
+  with np.load(tmp_path / 'qo.npz') as zo:
+    for name in dare.EMBEDDINGS:
+      w = want[f'query_{name}']
+      np.testing.assert_allclose(zo[name], w, rtol=1e-4,
+                                 atol=1e-4 * np.abs(w).max())
+
+
+def test_append_embeds_only_new_images(made_up, tmp_path):
+  _, _, bundle_dir, root = made_up
+  g = os.path.join(root, 'bounding_box_test')
+  first = sorted(os.listdir(g))[:5]
+  lst = tmp_path / 'first.txt'
+  lst.write_text(''.join(os.path.join(g, f) + '\n' for f in first))
+  out = str(tmp_path / 'g.npz')
+  assert embed_tool.embed(bundle_dir, str(lst), out,
+                          progress=False)['embedded'] == 5
+  before = gallery.load(out)
+  printed = embed_tool.embed(bundle_dir, g, out, append=True, progress=False)
+  assert printed['embedded'] == len(os.listdir(g)) - 5
+  assert printed['images'] == len(os.listdir(g))
+  after = gallery.load(out)
+  assert after.inputs.paths[:5] == before.inputs.paths
+  for k in dare.EMBEDDINGS:  # old rows untouched, bit for bit
+    np.testing.assert_array_equal(after.embeddings[k][:5],
+                                  before.embeddings[k])
+  # Appending the same images again embeds nothing.
+  again = embed_tool.embed(bundle_dir, g, out, append=True, progress=False)
+  assert again['embedded'] == 0 and again['images'] == len(os.listdir(g))
+  # Whole-gallery embedding equals the appended file row for row.
+  full = str(tmp_path / 'full.npz')
+  embed_tool.embed(bundle_dir, g, full, progress=False)
+  f = gallery.load(full)
+  order = [f.inputs.paths.index(p) for p in after.inputs.paths]
+  np.testing.assert_allclose(after.embeddings['fused'],
+                             f.embeddings['fused'][order], rtol=1e-6,
+                             atol=1e-6)
+
+
+def test_search_is_exact_and_ordered(made_up, tmp_path):
+  _, _, bundle_dir, root = made_up
+  b = bundle_lib.Bundle.load(bundle_dir)
+  g_npz, q_npz = str(tmp_path / 'g.npz'), str(tmp_path / 'q.npz')
+  embed_tool.embed(bundle_dir, os.path.join(root, 'bounding_box_test'),
+                   g_npz, progress=False)
+  embed_tool.embed(bundle_dir, os.path.join(root, 'query'), q_npz,
+                   progress=False)
+  out = search_tool.search(bundle_dir, g_npz, q_npz, topk=4, exit_name='all',
+                           json_out=str(tmp_path / 'r.json'), progress=False)
+  assert json.loads((tmp_path / 'r.json').read_text()) == out
+  g, q = gallery.load(g_npz, b), gallery.load(q_npz, b)
+  assert len(out) == len(q) * len(b.embedding_names)
+  for r in out:
+    i = q.inputs.paths.index(r['query'])
+    # float64 Euclidean distances, written out here.
+    d = np.sqrt(((q.embeddings[r['exit']][i].astype(np.float64) -
+                  g.embeddings[r['exit']].astype(np.float64))**2).sum(1))
+    order = np.argsort(d, kind='stable')[:4]
+    assert [h['path'] for h in r['results']] == [g.inputs.paths[j]
+                                                 for j in order]
+    np.testing.assert_allclose([h['distance'] for h in r['results']],
+                               d[order], rtol=1e-4)
+    assert all(h['person'] is None for h in r['results'])
+  # Chunking the queries changes the order of nothing (a matmul of another
+  # shape may round the last bit differently).
+  idx1, d1 = gallery.search(q.embeddings['fused'], g.embeddings['fused'], 3)
+  idx2, d2 = gallery.search(q.embeddings['fused'], g.embeddings['fused'], 3,
+                            chunk=1)
+  np.testing.assert_array_equal(idx1, idx2)
+  np.testing.assert_allclose(d1, d2, rtol=1e-6)
+  # Re-ranked search: the order of the re-ranked distances.
+  with pytest.raises(errors.ConfigError, match='k1=20 needs at least 21'):
+    search_tool.search(bundle_dir, g_npz, q_npz, rerank=True, progress=False)
+  opts = {'k1': 4, 'k2': 2, 'lambda_value': 0.3}
+  idx, dist = gallery.search(q.embeddings['fused'], g.embeddings['fused'], 3,
+                             rerank=opts)
+  want = np.asarray(rerank_lib.rerank_features(
+      q.embeddings['fused'], g.embeddings['fused'], **opts))
+  np.testing.assert_array_equal(idx, np.argsort(want, 1, kind='stable')[:, :3])
+  np.testing.assert_allclose(dist, np.sort(want, 1)[:, :3], rtol=1e-6)
+
+
+def test_bad_inputs_say_what_to_do(made_up, tmp_path):
+  _, _, bundle_dir, root = made_up
+  empty = tmp_path / 'empty'
+  (empty / 'sub').mkdir(parents=True)
+  (empty / 'sub' / 'notes.txt').write_text('x')
+  with pytest.raises(errors.DataError, match=r'no images.*\.jpg, \.jpeg'):
+    images.read_inputs(str(empty))
+  with pytest.raises(errors.DataNotFoundError, match='no such'):
+    images.read_inputs(str(tmp_path / 'nope'))
+  out = str(tmp_path / 'q.npz')
+  embed_tool.embed(bundle_dir, os.path.join(root, 'query'), out,
+                   progress=False)
+  with pytest.raises(errors.ConfigError, match='--overwrite'):
+    embed_tool.embed(bundle_dir, os.path.join(root, 'query'), out,
+                     progress=False)
+  # An npz of another dimension names both.
+  z = dict(np.load(out))
+  z.update({k: np.zeros((len(z['paths']), 5), np.float32)
+            for k in dare.EMBEDDINGS})
+  np.savez(tmp_path / 'd5.npz', **z)
+  with pytest.raises(errors.DataError, match='dimension 5.*dimension 16'):
+    search_tool.search(bundle_dir, str(tmp_path / 'd5.npz'), out,
+                       progress=False)
+  with pytest.raises(errors.ConfigError,
+                     match='stage1, stage2, stage3, stage4, fused'):
+    search_tool.search(bundle_dir, out, out, exit_name='stage9',
+                       progress=False)
+  (tmp_path / 'r.json').write_text('[]')
+  with pytest.raises(errors.ConfigError, match='--overwrite'):
+    search_tool.search(bundle_dir, out, out, progress=False,
+                       json_out=str(tmp_path / 'r.json'))
+  # A broken image: named, or skipped and counted.
+  bad = tmp_path / 'bad'
+  _write_images(str(bad), ['a.png', 'c.png'], seed=5)
+  (bad / 'b.jpg').write_bytes(b'not an image')
+  with pytest.raises(errors.DataError, match=r'b\.jpg.*--bad_images=skip'):
+    embed_tool.embed(bundle_dir, str(bad), str(tmp_path / 'x.npz'),
+                     progress=False)
+  printed = embed_tool.embed(bundle_dir, str(bad), str(tmp_path / 'x.npz'),
+                             bad_images='skip', progress=False)
+  assert (printed['embedded'], printed['skipped']) == (2, 1)
+  assert not os.path.exists(tmp_path / 'x.tmp.npz')
+  # A CSV with a bad integer names the line and the field.
+  (tmp_path / 'l.csv').write_text('path,person,camera\na.png,1,0\nc.png,x,1\n')
+  with pytest.raises(errors.DataError, match=r'l\.csv:3: person=.x'):
+    images.read_inputs(str(tmp_path / 'l.csv'))
+  # Features of another bundle are refused.
+  z = dict(np.load(out))
+  z['bundle'] = np.array('0' * 16)
+  np.savez(tmp_path / 'other.npz', **z)
+  with pytest.raises(errors.DataError, match='another bundle'):
+    search_tool.search(bundle_dir, str(tmp_path / 'other.npz'), out,
+                       progress=False)
+
+
+def _cli(tool, *args, cwd):
+  return subprocess.run([sys.executable, '-m', f'dare_jax.tools.{tool}',
+                         *args], cwd=cwd, capture_output=True, text=True,
+                        timeout=600, check=False,
+                        env={**os.environ, 'PYTHONPATH': ROOT})
+
+
+def _check_cli_run(bundle_dir, gallery_in, query_in, tmp_path, labelled):
+  """embed + search + figure through the CLIs, from a folder outside the
+  repository."""
+  cwd = tmp_path / 'elsewhere'
+  cwd.mkdir()
+  proc = _cli('embed', bundle_dir, gallery_in, '--out=g.npz', '--batch=8',
+              cwd=str(cwd))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  printed = json.loads(proc.stdout)
+  assert printed['embedded'] > 0
+  assert 'images/s' in proc.stderr  # progress
+  proc = _cli('search', bundle_dir, '--gallery=g.npz', f'--query={query_in}',
+              '--topk=5', '--exit=all', '--json=r.json', '--figure=r.png',
+              cwd=str(cwd))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads((cwd / 'r.json').read_text())
+  assert out and all(len(r['results']) == 5 for r in out)
+  assert {r['exit'] for r in out} == set(dare.EMBEDDINGS)
+  assert out[0]['query'] in proc.stdout
+  with Image.open(cwd / 'r.png') as im:
+    assert im.size[0] > 200 and im.size[1] > 100
+  if labelled:
+    assert all(isinstance(h['person'], int) for r in out
+               for h in r['results'])
+  again = _cli('search', bundle_dir, '--gallery=g.npz', f'--query={query_in}',
+               '--json=r.json', cwd=str(cwd))
+  assert again.returncode == 1
+  assert again.stderr.strip().splitlines()[-1].startswith('error:')
+  assert '--overwrite' in again.stderr and 'Traceback' not in again.stderr
+  return out
+
+
+def test_cli_end_to_end_on_made_up_images(made_up, tmp_path):
+  _, _, bundle_dir, root = made_up
+  _check_cli_run(bundle_dir, os.path.join(root, 'bounding_box_test'),
+                 os.path.join(root, 'query'), tmp_path, labelled=False)
+
+
+@pytest.mark.skipif(not os.path.isdir(CUHK01),
+                    reason='../shared/data/cuhk01 is absent')
+def test_cli_end_to_end_on_cuhk01_crops(made_up, tmp_path):
+  """Real 60x160 crops, labelled CSVs: camera B queries, camera A gallery."""
+  _, _, bundle_dir, _ = made_up
+  people = range(1, 13)
+
+  def write(name, cams):
+    with open(tmp_path / name, 'w', newline='') as f:
+      w = csv.writer(f)
+      w.writerow(['path', 'person', 'camera'])
+      for p in people:
+        for i in cams:
+          w.writerow([os.path.join(CUHK01, f'{p:04d}{i:03d}.png'), p,
+                      0 if i <= 2 else 1])
+    return str(tmp_path / name)
+  gallery_csv, query_csv = write('g.csv', (1, 2)), write('q.csv', (3,))
+  out = _check_cli_run(bundle_dir, gallery_csv, query_csv, tmp_path,
+                       labelled=True)
+  assert len(out) == len(people) * len(dare.EMBEDDINGS)
+
+
+def test_inference_imports_nothing_of_training():
+  """inference/ and its tools: no train.py, builder, optimiser, checkpoint
+  library, TensorFlow or configs/."""
+  code = ('import sys\n'
+          'import dare_jax.inference.bundle, dare_jax.inference.gallery\n'
+          'import dare_jax.inference.images, dare_jax.inference.figures\n'
+          'import dare_jax.tools.embed, dare_jax.tools.search\n'
+          'print(",".join(sorted(m for m in sys.modules if m.startswith((\n'
+          '    "dare_jax.train", "dare_jax.builder", "dare_jax.optim",\n'
+          '    "tensorflow", "configs", "optax", "orbax")))))\n')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                        text=True, timeout=300, check=False, cwd='/',
+                        env={**os.environ, 'PYTHONPATH': ROOT})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == ''
