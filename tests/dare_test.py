@@ -53,10 +53,11 @@ def test_resnet50_stage_shapes_and_v15_stride():
                             mutable=['intermediates']), variables)
   bb = inter['intermediates']['backbone']
   assert out['stage1'].shape == (2, 128) and out['fused'].shape == (2, 128)
-  assert bb['__call__'][0][0].shape == (2, 64, 32, 256)
-  assert bb['__call__'][0][1].shape == (2, 32, 16, 512)
-  assert bb['__call__'][0][2].shape == (2, 16, 8, 1024)
-  assert bb['__call__'][0][3].shape == (2, 8, 4, 2048)
+  maps, carry = bb['__call__'][0]  # (the stage maps, the carry)
+  assert maps[0].shape == (2, 64, 32, 256)
+  assert maps[1].shape == (2, 32, 16, 512)
+  assert maps[2].shape == (2, 16, 8, 1024)
+  assert maps[3].shape == (2, 8, 4, 2048) == carry.shape
   # torchvision v1.5: the first block of stage 2 keeps 64x32 in its 1x1 conv1
   # and halves it in the 3x3 conv2 (Caffe / v1 would halve in conv1).
   blk = bb['layer2_0']
@@ -230,3 +231,51 @@ def test_pools_equal_flax_pools_with_explicit_padding():
   np.testing.assert_array_equal(
       grad(lambda y: pooling.max_pool(y, 3, 2, pad=1)),
       grad(lambda y: nn.max_pool(y, (3, 3), (2, 2), padding=((1, 1), (1, 1)))))
+
+
+def _count_convs(jaxpr) -> int:
+  n = 0
+  for eqn in jaxpr.eqns:
+    n += eqn.primitive.name == 'conv_general_dilated'
+    for p in eqn.params.values():
+      for sub in (p if isinstance(p, (list, tuple)) else [p]):
+        if hasattr(sub, 'jaxpr'):
+          n += _count_convs(getattr(sub, 'jaxpr', sub))
+        elif hasattr(sub, 'eqns'):
+          n += _count_convs(sub)
+  return n
+
+
+@pytest.mark.parametrize('backbone', ['resnet', 'densenet'])
+def test_stage_continuation_equals_the_full_forward(backbone):
+  """Stage s from stage s-1's carry, s = 1..4, then fuse: the full forward
+  (1e-6), and each stage's trace holds only its own stage's layers."""
+  if backbone == 'densenet':
+    model = dare.DaRe(block='', stage_sizes=(2, 2, 2, 2), width=8,
+                      backbone='densenet', growth_rate=4, head_hidden=16,
+                      embedding_dim=8)
+    hw = (64, 32)
+  else:
+    model = dare.DaRe(block='basic', stage_sizes=(1, 2, 1, 1), width=4,
+                      head_hidden=16, embedding_dim=8)
+    hw = (32, 16)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(3,) + hw + (3,)),
+                  jnp.float32)
+  v = model.init(jax.random.key(1), x[:1], train=False)
+  want = model.apply(v, x, train=False)
+  embs, carry, stage_input, convs = {}, x, x, []
+  for s in range(1, 5):
+    fn = lambda v, c, s=s: model.apply(v, c, train=False, first_exit=s,
+                                       num_exits=s, return_carry=True)
+    out, carry = jax.jit(fn)(v, carry)
+    assert set(out) == {f'stage{s}'}
+    embs.update(out)
+    convs.append(_count_convs(jax.make_jaxpr(fn)(v, stage_input).jaxpr))
+    stage_input = carry
+  # The stages' convolutions add up to the full forward's: none recomputed.
+  full = _count_convs(jax.make_jaxpr(
+      lambda v, x: model.apply(v, x, train=False))(v, x).jaxpr)
+  assert sum(convs) == full and min(convs) > 0, (convs, full)
+  embs['fused'] = dare.fuse(v, embs)
+  for k in dare.EMBEDDINGS:
+    np.testing.assert_allclose(embs[k], want[k], rtol=1e-6, atol=1e-6)

@@ -63,7 +63,8 @@ def _forward(model):
   def fwd(variables, x):
     out, inter = model.apply(variables, x, capture_intermediates=is_backbone,
                              mutable=['intermediates'])
-    return out, inter['intermediates']['backbone']['__call__'][0]
+    maps, _ = inter['intermediates']['backbone']['__call__'][0]  # , carry
+    return out, maps
 
   def run(variables, x):
     with jax.default_matmul_precision('highest'):

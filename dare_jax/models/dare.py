@@ -74,11 +74,20 @@ class DaRe(nn.Module):
   trinet: bool = False
 
   @nn.compact
-  def __call__(self, x, train: bool = False, num_exits: int = 4):
+  def __call__(self, x, train: bool = False, num_exits: int = 4,
+               first_exit: int = 1, return_carry: bool = False):
     """num_exits < 4 computes only stages and heads 1..num_exits (the
-    anytime forward: {stage1..stage<num_exits>}, no 'fused')."""
-    if not 1 <= num_exits <= len(EXITS):
-      raise ValueError(f'num_exits={num_exits} must be in 1..{len(EXITS)}.')
+    anytime forward: {stage1..stage<num_exits>}, no 'fused').
+
+    Stage continuation: first_exit = s > 1 takes x = stage s-1's carry
+    (instead of images) and computes stages and heads s..num_exits only;
+    return_carry returns (embeddings, the carry of stage num_exits). 'fused'
+    is in the output of the full forward only; `fuse` makes it from the
+    four embeddings of a continued one.
+    """
+    if not 1 <= first_exit <= num_exits <= len(EXITS):
+      raise ValueError(f'first_exit={first_exit}, num_exits={num_exits}: '
+                       f'need 1 <= first_exit <= num_exits <= {len(EXITS)}.')
     if self.trinet and num_exits != len(EXITS):
       raise ValueError('A TriNet has one exit, after stage 4: num_exits=4.')
     norm = resnet.make_norm(train, self.bn_momentum, self.bn_epsilon,
@@ -89,20 +98,32 @@ class DaRe(nn.Module):
     else:
       net = resnet.ResNet(self.block, self.stage_sizes, self.width, norm=norm,
                           dtype=self.dtype, name='backbone')
-    maps = net(x.astype(self.dtype), num_stages=num_exits)
+    maps, carry = net(x.astype(self.dtype), num_stages=num_exits,
+                      first_stage=first_exit, return_carry=True)
     out = {}
-    for name, m in zip(EXITS, maps):
+    for name, m in zip(EXITS[first_exit - 1:], maps):
       if self.trinet and name != EXITS[-1]:
         continue
       head = ExitHead(self.head_hidden, self.embedding_dim, norm,
                       dtype=self.dtype, name=f'exit{name[-1]}')
       out[name] = head(m).astype(jnp.float32)
-    if num_exits < len(EXITS) or self.trinet:
-      return out
-    w = self.param('fusion', uniform_init(self.fusion_init_low,
-                                          self.fusion_init_high), (len(EXITS),))
-    out['fused'] = sum(w[s] * out[name] for s, name in enumerate(EXITS))
-    return out
+    if num_exits == len(EXITS) and first_exit == 1 and not self.trinet:
+      w = self.param('fusion', uniform_init(self.fusion_init_low,
+                                            self.fusion_init_high),
+                     (len(EXITS),))
+      out['fused'] = fuse_with(w, out)
+    return (out, carry) if return_carry else out
+
+
+def fuse_with(w_S, embs) -> jax.Array:
+  """phi_fused = sum_s w_s phi_s over the four exits' embeddings."""
+  return sum(w_S[s] * embs[name] for s, name in enumerate(EXITS))
+
+
+def fuse(variables, embs) -> jax.Array:
+  """'fused' of the four exits' embeddings, with the model's fusion
+  weights: what the full forward computes, from a continued one."""
+  return fuse_with(variables['params']['fusion'], embs)
 
 
 def embedding_names(model_cfg) -> tuple[str, ...]:

@@ -111,21 +111,24 @@ class DenseNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, num_stages: int = 4):
-    """The first num_stages stage maps (anytime: later blocks never run)."""
-    x = _conv(self.num_init_features, 7, 2, 'conv0', self.dtype)(x)
-    x = nn.relu(self.norm(name='norm0')(x))
-    x = pooling.max_pool(x, 3, 2, pad=1)
+  def __call__(self, x, num_stages: int = 4, first_stage: int = 1,
+               return_carry: bool = False):
+    """The stage maps first_stage..num_stages (anytime: later blocks never
+    run), and with return_carry the carry: the last dense block's raw output
+    (a map is its exit BatchNorm + ReLU). With first_stage = s > 1, x is
+    stage s-1's carry, and transition{s-1} then block s continue from it."""
+    if first_stage == 1:
+      x = _conv(self.num_init_features, 7, 2, 'conv0', self.dtype)(x)
+      x = nn.relu(self.norm(name='norm0')(x))
+      x = pooling.max_pool(x, 3, 2, pad=1)
     last = len(self.block_config) - 1
     maps = []
-    for b, n in enumerate(self.block_config[:num_stages]):
-      x = DenseBlock(n, self.growth_rate, self.norm, self.dtype,
-                     name=f'denseblock{b + 1}')(x)
-      if b == last:
-        maps.append(nn.relu(self.norm(name='norm5')(x)))
-        break
-      maps.append(nn.relu(self.norm(name=f'exit_norm{b + 1}')(x)))
-      if b + 1 < num_stages:
+    for b in range(first_stage - 1, num_stages):
+      if b > 0:
         x = Transition(x.shape[-1] // 2, self.norm, self.dtype,
-                       name=f'transition{b + 1}')(x)
-    return maps
+                       name=f'transition{b}')(x)
+      x = DenseBlock(self.block_config[b], self.growth_rate, self.norm,
+                     self.dtype, name=f'denseblock{b + 1}')(x)
+      name = 'norm5' if b == last else f'exit_norm{b + 1}'
+      maps.append(nn.relu(self.norm(name=name)(x)))
+    return (maps, x) if return_carry else maps

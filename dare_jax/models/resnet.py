@@ -109,16 +109,24 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, num_stages: int = 4):
-    """The first num_stages stage maps (anytime: later stages never run)."""
-    x = _conv(self.width, 7, 2, 'conv1', self.dtype)(x)
-    x = nn.relu(self.norm(name='bn1')(x))
-    x = pooling.max_pool(x, 3, 2, pad=1)
+  def __call__(self, x, num_stages: int = 4, first_stage: int = 1,
+               return_carry: bool = False):
+    """The stage maps first_stage..num_stages (anytime: later stages never
+    run), and with return_carry the carry: what stage num_stages hands on
+    (here its map). With first_stage = s > 1, x is stage s-1's carry, and
+    the stem and the stages before s are skipped."""
     block_cls = BLOCKS[self.block]
-    in_ch, maps = self.width, []
-    for s, n_blocks in enumerate(self.stage_sizes[:num_stages]):
+    if first_stage == 1:
+      x = _conv(self.width, 7, 2, 'conv1', self.dtype)(x)
+      x = nn.relu(self.norm(name='bn1')(x))
+      x = pooling.max_pool(x, 3, 2, pad=1)
+      in_ch = self.width
+    else:
+      in_ch = self.width * 2**(first_stage - 2) * EXPANSION[self.block]
+    maps = []
+    for s in range(first_stage - 1, num_stages):
       filters = self.width * 2**s
-      for b in range(n_blocks):
+      for b in range(self.stage_sizes[s]):
         strides = 2 if (s > 0 and b == 0) else 1
         out_ch = filters * EXPANSION[self.block]
         x = block_cls(filters, strides, downsample=(strides != 1 or
@@ -127,7 +135,7 @@ class ResNet(nn.Module):
                       name=f'layer{s + 1}_{b}')(x)
         in_ch = out_ch
       maps.append(x)
-    return maps
+    return (maps, x) if return_carry else maps
 
 
 def stage_channels(block: str, width: int) -> tuple[int, ...]:
