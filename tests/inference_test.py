@@ -18,6 +18,8 @@ from configs import smoke
 from dare_jax import errors
 from dare_jax import evaluate
 from dare_jax.evaluation import rerank as rerank_lib
+from dare_jax.budget import stream
+from dare_jax.inference import anytime
 from dare_jax.inference import bundle as bundle_lib
 from dare_jax.inference import gallery
 from dare_jax.inference import images
@@ -25,6 +27,7 @@ from dare_jax.models import dare
 from dare_jax.tools import embed as embed_tool
 from dare_jax.tools import export_bundle
 from dare_jax.tools import search as search_tool
+from dare_jax.tools import stream as stream_tool
 from tests import bundle_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -380,3 +383,61 @@ def test_inference_imports_nothing_of_training():
                         env={**os.environ, 'PYTHONPATH': ROOT})
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == ''
+
+
+@pytest.mark.parametrize('routing', ['distance', 'margin'])
+def test_stream_exits_equal_tools_budgeted_on_embed_features(
+    made_up, tmp_path, routing):
+  """tools/stream really exits early; its exits equal the simulation's
+  (budget/stream.route, what tools.budgeted runs) on the features embed
+  writes for the same images (queries at --tta=1: one view each, as the
+  stream sees them), query for query, at batch 1 and 16."""
+  _, _, bundle_dir, _ = made_up
+  rng = np.random.default_rng(7)
+
+  def labelled(name, n, seed):
+    folder = tmp_path / name
+    _write_images(str(folder), [f'{i:03d}.png' for i in range(n)], seed)
+    with open(tmp_path / f'{name}.csv', 'w', newline='') as f:
+      w = csv.writer(f)
+      w.writerow(['path', 'person', 'camera'])
+      for i in range(n):
+        w.writerow([f'{name}/{i:03d}.png', int(rng.integers(1, 8)),
+                    int(rng.integers(0, 3))])
+    return str(tmp_path / f'{name}.csv')
+  q_csv, g_csv = labelled('q', 24, 11), labelled('g', 30, 12)
+  embed_tool.embed(bundle_dir, q_csv, str(tmp_path / 'q.npz'), tta=1,
+                   progress=False)
+  embed_tool.embed(bundle_dir, g_csv, str(tmp_path / 'g.npz'),
+                   progress=False)
+  b = bundle_lib.Bundle.load(bundle_dir)
+  q, g = gallery.load(str(tmp_path / 'q.npz')), gallery.load(
+      str(tmp_path / 'g.npz'))
+  feats = {'query_pids': q.inputs.person, 'query_camids': q.inputs.camera,
+           'gallery_pids': g.inputs.person, 'gallery_camids': g.inputs.camera}
+  for side, f in (('query', q), ('gallery', g)):
+    feats.update({f'{side}_{k}': v for k, v in f.embeddings.items()})
+  costs = [b.exit_costs[e] for e in anytime.EXITS]
+  budget = (costs[0] + costs[-1]) / 2
+  retrievals = stream.exit_retrievals(feats, anytime.EXITS)
+  conf = np.stack([retrievals[e].confidences(routing)
+                   for e in anytime.EXITS[:-1]], axis=1)
+  want = stream.route(conf, stream.conditional(
+      stream.exit_fractions(costs, budget)))
+  assert len(set(want.tolist())) >= 2
+  sim, = stream.simulate(feats, anytime.EXITS, costs, [budget], routing)
+  for batch in (1, 16):
+    out = stream_tool.run_stream(
+        bundle_dir, str(tmp_path / 'g.npz'), q_csv, budget=budget,
+        routing=routing, batch=batch, topk=3, progress=False,
+        json_out=str(tmp_path / f's{batch}.json'))
+    got = [anytime.EXITS.index(r['exit']) for r in out['queries']]
+    np.testing.assert_array_equal(got, want)
+    assert [r['path'] for r in out['queries']] == list(q.inputs.paths)
+    s = out['summary']
+    assert s['budget'] == budget and s['mean_latency_ms'] > 0
+    np.testing.assert_allclose([s['rank1'], s['mAP']],
+                               [sim['rank1'], sim['mAP']], rtol=1e-6)
+    np.testing.assert_allclose(s['realized_cost'], sim['realized_cost'])
+    np.testing.assert_allclose(
+        s['exit_fractions'], np.bincount(want, minlength=4) / len(want))

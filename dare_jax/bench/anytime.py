@@ -1,0 +1,199 @@
+r"""Benchmark: the wall-clock time real early exit saves (inference/anytime).
+
+  python -m dare_jax.bench.anytime --config=configs/market.py \
+      [--batch=1,8] [--budgets=0.25,0.5,0.75] [--routing=margin] \
+      [--queries=64] [--gallery=1000] [--json=PATH]
+
+The model is built from the config with random weights (time does not depend
+on them; accuracy needs a trained bundle: tools/stream reports it). A gallery
+of --gallery random embeddings per exit (random person and camera ids) stays
+on the device; --queries random images stream through the AnytimeEngine in
+micro-batches of --batch, after warm-up (every bucket compiled). Budgets
+are fractions of the way from C_1 to C_4 (0.5 = halfway), or Mul-Adds when
+above 1.
+
+Per budget and batch size: the realised ms per query (everything from the
+batch's first stage to its last answer: stage compute, confidences, host
+round trips, routing, compaction), the full forward's ms per query at the
+same batch (the jitted forward and the fused exit's answer: distances and
+top-K), the Mul-Add-predicted saving 1 - realised cost / C_4 and the
+realised saving 1 - ms / full ms, and where the engine's time went.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dare_jax import bench
+from dare_jax import errors
+from dare_jax import reporting
+from dare_jax.budget import costs as costs_lib
+from dare_jax.inference import anytime
+from dare_jax.models import dare
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.',
+                                  lock_config=True)
+  flags.DEFINE_string('batch', '1,8', 'Micro-batch sizes, comma-separated.')
+  flags.DEFINE_string('budgets', '0.25,0.5,0.75', 'Fractions from C_1 to '
+                      'C_4 (or Mul-Adds when > 1), comma-separated.')
+  flags.DEFINE_enum('routing', 'margin', ['margin', 'distance', 'random'],
+                    'Who leaves early.')
+  flags.DEFINE_integer('queries', 64, 'Queries streamed per measurement.')
+  flags.DEFINE_integer('gallery', 1000, 'Gallery size.')
+  flags.DEFINE_integer('repeats', 3, 'Passes over the queries (median).')
+  flags.DEFINE_string('json', '', 'Also write the results here.')
+  flags.mark_flags_as_required(['config'])
+
+
+def _ints(flag, text) -> list[int]:
+  try:
+    out = [int(v) for v in text.split(',') if v.strip()]
+  except ValueError:
+    raise errors.ConfigError(f'--{flag}={text!r}: not integers.') from None
+  if not out or min(out) < 1:
+    raise errors.ConfigError(f'--{flag}={text!r}: positive integers.')
+  return out
+
+
+def _floats(flag, text) -> list[float]:
+  try:
+    out = [float(v) for v in text.split(',') if v.strip()]
+  except ValueError:
+    raise errors.ConfigError(f'--{flag}={text!r}: not numbers.') from None
+  if not out:
+    raise errors.ConfigError(f'--{flag} is empty.')
+  return out
+
+
+def run(config, batches, budgets, routing='margin', num_queries=64,
+        num_gallery=1000, repeats=3) -> list[dict]:
+  model = dare.from_config(config.model)
+  if model.trinet:
+    raise errors.ConfigError('A TriNet has one exit: use a DaRe config.')
+  h, w = config.data.input_size
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(num_queries, h, w, 3)).astype(np.float32)
+  variables = jax.jit(lambda: model.init(jax.random.key(0),
+                                         jnp.asarray(x[:1])))()
+  exit_costs = costs_lib.exit_costs(model, (h, w))
+  costs = [exit_costs[e] for e in anytime.EXITS]
+  d = model.embedding_dim
+  gallery = {e: rng.normal(size=(num_gallery, d)).astype(np.float32)
+             for e in anytime.EXITS}
+  g_pids = rng.integers(1, max(2, num_gallery // 4), num_gallery)
+  g_camids = rng.integers(0, 6, num_gallery)
+  q_pids = rng.integers(1, max(2, num_gallery // 4), num_queries)
+  q_camids = rng.integers(0, 6, num_queries)
+  full = jax.jit(lambda v, x: model.apply(v, x, train=False)['fused'])
+  g_dev = {e: jnp.asarray(a) for e, a in gallery.items()}
+  gp, gc = jnp.asarray(g_pids, jnp.int32), jnp.asarray(g_camids, jnp.int32)
+  rows = []
+  for batch in batches:
+    starts = range(0, num_queries, batch)
+
+    def full_pass():
+      for lo in starts:
+        xb = x[lo:lo + batch]
+        emb = full(variables, xb)
+        jax.block_until_ready(anytime._exit_stats(  # pylint: disable=protected-access
+            emb, g_dev['fused'], jnp.asarray(q_pids[lo:lo + batch], jnp.int32),
+            jnp.asarray(q_camids[lo:lo + batch], jnp.int32), gp, gc, 10))
+    full_pass()  # compile
+    full_s = _median_time(full_pass, repeats)
+    for b in budgets:
+      budget = costs[0] + b * (costs[-1] - costs[0]) if b <= 1 else b
+      times, engine = [], None
+      for _ in range(repeats):
+        engine = anytime.AnytimeEngine(
+            model, variables, gallery, g_pids, g_camids, costs,
+            routing=routing, budget=budget, topk=10, max_batch=batch)
+        engine.warmup((h, w))
+        engine.timing.clear()
+        t0 = time.perf_counter()
+        answers = []
+        for lo in starts:
+          answers += engine.process(x[lo:lo + batch], q_pids[lo:lo + batch],
+                                    q_camids[lo:lo + batch])
+        times.append(time.perf_counter() - t0)
+      exit_q = np.array([a.exit for a in answers])
+      realized_cost = float(np.mean(np.asarray(costs)[exit_q]))
+      ms = 1e3 * float(np.median(times)) / num_queries
+      full_ms = 1e3 * full_s / num_queries
+      predicted = 1 - realized_cost / costs[-1]
+      realized = 1 - ms / full_ms
+      total = sum(engine.timing.values()) or 1.0
+      rows.append({
+          'budget': float(budget), 'budget_fraction': float(
+              (budget - costs[0]) / (costs[-1] - costs[0])),
+          'batch': batch, 'routing': routing,
+          'exit_fractions': (np.bincount(exit_q, minlength=len(costs)) /
+                             len(exit_q)).tolist(),
+          'predicted_saving': predicted, 'realized_saving': realized,
+          'realized_over_predicted': realized / predicted if predicted
+                                     else None,
+          'ms_per_query': ms, 'full_ms_per_query': full_ms,
+          'images_per_s': 1e3 / ms, 'full_images_per_s': 1e3 / full_ms,
+          'rank1': None,  # random weights: time only
+          'time_split': {k: v / total for k, v in engine.timing.items()},
+      })
+  return rows
+
+
+def _median_time(fn, repeats) -> float:
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+COLUMNS = (('batch', 'batch', '{}'), ('budget', 'budget_fraction', '{:.2f}'),
+           ('predicted', 'predicted_saving', '{:.3f}'),
+           ('realized', 'realized_saving', '{:.3f}'),
+           ('ratio', 'realized_over_predicted', '{:.2f}'),
+           ('ms/query', 'ms_per_query', '{:.2f}'),
+           ('full ms/query', 'full_ms_per_query', '{:.2f}'),
+           ('img/s', 'images_per_s', '{:.1f}'),
+           ('full img/s', 'full_images_per_s', '{:.1f}'))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    rows = run(FLAGS.config, _ints('batch', FLAGS.batch),
+               _floats('budgets', FLAGS.budgets), FLAGS.routing,
+               FLAGS.queries, FLAGS.gallery, FLAGS.repeats)
+  except errors.UserError as e:
+    raise SystemExit(f'error: {e}') from None
+  print(f'device: {jax.devices()[0].device_kind}, input '
+        f'{tuple(FLAGS.config.data.input_size)}, {FLAGS.queries} queries, '
+        f'gallery {FLAGS.gallery}, routing {FLAGS.routing}')
+  print(bench.format_columns(COLUMNS, rows))
+  print('where the engine\'s time went (fractions):')
+  for r in rows:
+    split = ', '.join(f'{k} {v:.2f}' for k, v in sorted(
+        r['time_split'].items(), key=lambda kv: -kv[1]))
+    print(f'  batch {r["batch"]}, budget {r["budget_fraction"]:.2f}: {split}')
+  if FLAGS.json:
+    reporting.write_json(FLAGS.json, {'rows': rows, 'date': time.strftime(
+        '%Y-%m-%d'), 'device': jax.devices()[0].device_kind})
+  sys.stdout.flush()
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

@@ -1,0 +1,348 @@
+"""Real anytime inference: queries that leave early do not run later stages.
+
+StageRunner splits the DaRe eval forward into its stages (stage continuation,
+models/dare.py): stage 1 runs on images, stage s > 1 on stage s-1's carry,
+each stage jitted once per batch bucket (powers of two up to max_batch; a
+smaller batch is padded), so survivor counts that change from batch to batch
+compile nothing new after warm-up.
+
+AnytimeEngine answers a stream of queries against a gallery whose per-exit
+embeddings stay on the device:
+
+  budget mode   (routing 'distance' | 'margin' | 'random'): queries arrive in
+                micro-batches; stage 1 runs on the batch; each query's
+                confidence against that exit's gallery is computed on the
+                device (the two smallest distances the definitions of
+                budget/stream.py need; the host takes their difference in
+                float64, as the simulation does); the exit rule of eq. 3
+                with the online sorted lists decides who leaves, query by
+                query in arrival order, exactly as budget/stream.route; the
+                survivors' carries (and earlier embeddings, for 'fused') are
+                compacted into the next bucket and continue.
+  deadline mode (deadline_ms = T): every query of a micro-batch is answered
+                with the deepest exit completed within T ms of the batch's
+                start; a stage is not started when its measured time (the
+                last one at that bucket) would overrun T.
+
+Each query gets its answer (top-K of its exit's distances), its exit and its
+measured latency (wall clock from its batch's start to its answer on the
+host, with block_until_ready).
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+import functools
+import math
+import time
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dare_jax import errors
+from dare_jax.budget import stream as stream_lib
+from dare_jax.evaluation import metrics
+from dare_jax.models import dare
+
+EXITS = stream_lib.DEFAULT_EXITS  # stage1, stage2, stage3, fused
+
+
+def buckets_up_to(max_batch: int) -> tuple[int, ...]:
+  """1, 2, 4, ... up to the first power of two >= max_batch."""
+  if max_batch < 1:
+    raise errors.ConfigError(f'max_batch={max_batch} must be >= 1.')
+  return tuple(1 << i for i in range(int(math.ceil(math.log2(max_batch)))
+                                     + 1))
+
+
+class StageRunner:
+  """The four stages, the fusion and the compaction, jitted per bucket.
+
+  traces counts how often each function was traced (a trace = a
+  compilation); after warm-up over the buckets it stops growing.
+  """
+
+  def __init__(self, model: dare.DaRe, variables, max_batch: int = 64):
+    self.model, self.variables = model, variables
+    self.buckets = buckets_up_to(max_batch)
+    self.traces = collections.Counter()
+
+    def stage(s, variables, x):
+      self.traces[f'stage{s}'] += 1
+      out, carry = model.apply(variables, x, train=False, first_exit=s,
+                               num_exits=s, return_carry=True)
+      return carry, out[dare.EXITS[s - 1]]
+
+    def fuse(variables, e1, e2, e3, e4):
+      self.traces['fuse'] += 1
+      return dare.fuse(variables, dict(zip(dare.EXITS, (e1, e2, e3, e4))))
+
+    def gather(tree, idx):
+      self.traces['gather'] += 1
+      return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)
+
+    self._stage = {s: jax.jit(functools.partial(stage, s))
+                   for s in range(1, 5)}
+    self._fuse = jax.jit(fuse)
+    self._gather = jax.jit(gather)
+
+  def bucket(self, n: int) -> int:
+    i = bisect.bisect_left(self.buckets, n)
+    if i == len(self.buckets):
+      raise errors.ConfigError(f'A batch of {n} is larger than max_batch='
+                               f'{self.buckets[-1]}.')
+    return self.buckets[i]
+
+  def pad(self, x_NxHxWx3: np.ndarray) -> np.ndarray:
+    """Zero rows up to the bucket of N."""
+    n = len(x_NxHxWx3)
+    b = self.bucket(n)
+    if b == n:
+      return x_NxHxWx3
+    pad = np.zeros((b - n,) + x_NxHxWx3.shape[1:], x_NxHxWx3.dtype)
+    return np.concatenate([x_NxHxWx3, pad])
+
+  def stage(self, s: int, x_or_carry):
+    """(carry, embedding [B, D]) of stage s (1..4) on a bucket-sized batch."""
+    return self._stage[s](self.variables, x_or_carry)
+
+  def fuse(self, e1, e2, e3, e4):
+    return self._fuse(self.variables, e1, e2, e3, e4)
+
+  def compact(self, tree, keep: Sequence[int]):
+    """The rows `keep` of every array of tree, padded (with row keep[0]) to
+    the bucket of len(keep)."""
+    b = self.bucket(len(keep))
+    idx = np.full((b,), keep[0], np.int32)
+    idx[:len(keep)] = keep
+    return self._gather(tree, jnp.asarray(idx))
+
+
+class OnlineRouter:
+  """budget/stream.route, one query at a time: at exit s the confidences
+  seen so far, sorted descending; a query leaves when its confidence is at
+  least the one at index floor((n - 1) * pi_s)."""
+
+  def __init__(self, pi_S: Sequence[float]):
+    self.pi = np.asarray(pi_S, np.float64)
+    self._neg = [[] for _ in self.pi]  # ascending negated confidences
+
+  def leaves(self, s: int, c: float) -> bool:
+    if s == len(self.pi) - 1:
+      return True
+    if self.pi[s] <= 0:
+      return False  # nobody leaves (see budget/stream.py)
+    seen = self._neg[s]
+    bisect.insort(seen, -c)
+    threshold = -seen[math.floor((len(seen) - 1) * self.pi[s])]
+    return c >= threshold
+
+
+@functools.partial(jax.jit, static_argnames=('topk',))
+def _exit_stats(q_BxD, g_GxD, q_pids_B, q_camids_B, g_pids_G, g_camids_G,
+                topk):
+  """On the device, per query: the nearest remaining distance, the nearest
+  of another identity than the top-1's (the two numbers the confidences of
+  budget/stream.py are made of), the top-K gallery indices and distances."""
+  dist_BxG = metrics.pairwise_distances(q_BxD, g_GxD)
+  _, removed_BxG = metrics.removal_mask(q_pids_B, q_camids_B, g_pids_G,
+                                        g_camids_G)
+  d = jnp.where(removed_BxG, jnp.inf, dist_BxG)
+  top_B = jnp.argmin(d, axis=1)
+  d1_B = jnp.take_along_axis(d, top_B[:, None], axis=1)[:, 0]
+  other = jnp.where(g_pids_G[None, :] == g_pids_G[top_B][:, None], jnp.inf, d)
+  d2_B = jnp.min(other, axis=1)
+  neg, idx_BxK = jax.lax.top_k(-dist_BxG, topk)
+  return d1_B, d2_B, idx_BxK, -neg, dist_BxG
+
+
+def confidence(kind: str, d1: float, d2: float) -> float:
+  """budget/stream.confidences from the two distances, in float64."""
+  d1, d2 = float(d1), float(d2)
+  if math.isinf(d1):
+    return -math.inf  # nothing left: never confident
+  if kind == 'distance':
+    return -d1
+  return d2 - d1  # inf when a single identity is left
+
+
+@dataclasses.dataclass
+class Answer:
+  index: int  # in arrival order
+  exit: int  # 0-based into the engine's exits
+  latency_ms: float
+  results: np.ndarray  # int [K] gallery indices, nearest first
+  distances: np.ndarray  # float32 [K]
+  dist_G: Optional[np.ndarray] = None  # the exit's distances (labelled)
+
+
+class AnytimeEngine:
+  """Early exit for real over a gallery of per-exit embeddings.
+
+  Args:
+    model, variables: the DaRe (eval mode).
+    gallery: {exit name: [G, D]} for the exits (stage1, stage2, stage3,
+      fused), kept on the device.
+    g_pids, g_camids: int [G] gallery ids (-1 junk; unknown: zeros / -1).
+    costs: the exits' cumulative Mul-Adds.
+    routing: distance, margin or random; budget: average Mul-Adds per query
+      (budget mode), or deadline_ms (deadline mode; routing unused).
+    topk: results per query; max_batch: the largest micro-batch.
+    keep_distances: hand each answer its exit's [G] distances (for
+      Rank-1 / mAP of labelled queries).
+  """
+
+  def __init__(self, model, variables, gallery, g_pids, g_camids, costs, *,
+               routing: str = 'distance', budget: Optional[float] = None,
+               deadline_ms: Optional[float] = None, topk: int = 10,
+               max_batch: int = 16, seed: int = 0,
+               keep_distances: bool = False):
+    if (budget is None) == (deadline_ms is None):
+      raise errors.ConfigError('Give a budget or a deadline, not both.')
+    if routing not in stream_lib.ROUTINGS:
+      raise errors.ConfigError(f'routing={routing!r}: use one of '
+                               f'{", ".join(stream_lib.ROUTINGS)}.')
+    missing = [e for e in EXITS if e not in gallery]
+    if missing:
+      raise errors.DataError(f'The gallery lacks {", ".join(missing)}; the '
+                             f'engine answers with {", ".join(EXITS)}.')
+    self.runner = StageRunner(model, variables, max_batch)
+    self.gallery = {e: jnp.asarray(gallery[e], jnp.float32) for e in EXITS}
+    self.g_pids = jnp.asarray(g_pids, jnp.int32)
+    self.g_camids = jnp.asarray(g_camids, jnp.int32)
+    self.num_g = int(self.g_pids.shape[0])
+    self.topk = min(topk, self.num_g)
+    self.costs = stream_lib.check_costs(costs)
+    self.routing, self.deadline_ms = routing, deadline_ms
+    self.budget = budget
+    self.keep_distances = keep_distances
+    if budget is not None:
+      fractions = (stream_lib.random_fractions if routing == 'random' else
+                   stream_lib.exit_fractions)(self.costs, budget)
+      self.pi = stream_lib.conditional(fractions)
+    else:
+      self.pi = None
+    self.router = OnlineRouter(self.pi) if self.pi is not None else None
+    self._rng = np.random.default_rng(seed)
+    self._u: list[np.ndarray] = []
+    self._stage_ms = {}  # (stage, bucket) -> the last measured ms
+    self._arrived = 0
+    self.timing = collections.Counter()  # seconds: where the time goes
+
+  def warmup(self, input_hw) -> None:
+    """Compiles what a stream can ask for: every stage, the fusion, the
+    confidences at every bucket, every compaction into a smaller bucket."""
+    h, w = input_hw
+    for b in self.runner.buckets:
+      ids = jnp.zeros((b,), jnp.int32)
+      rows = {'carry': jnp.zeros((b, h, w, 3), jnp.float32), 'pids': ids,
+              'camids': ids}
+      for s in range(len(EXITS)):
+        stage = s + 1 if s < len(EXITS) - 1 else 4
+        rows['carry'], emb = self.runner.stage(stage, rows['carry'])
+        rows[f'e{stage}'] = emb
+        if s == len(EXITS) - 1:
+          emb = self.runner.fuse(rows['e1'], rows['e2'], rows['e3'], emb)
+        jax.block_until_ready(self._stats(s, emb, ids, ids))
+        if s < len(EXITS) - 1:
+          for n in self.runner.buckets:
+            if n <= b:
+              jax.block_until_ready(self.runner.compact(rows, list(range(n))))
+
+  # -- one micro-batch --------------------------------------------------------
+
+  def _stats(self, s_exit: int, emb, q_pids, q_camids):
+    return _exit_stats(emb, self.gallery[EXITS[s_exit]], q_pids, q_camids,
+                       self.g_pids, self.g_camids, self.topk)
+
+  def process(self, x_NxHxWx3: np.ndarray, q_pids=None, q_camids=None
+              ) -> list[Answer]:
+    """Answers a micro-batch of normalised images, in arrival order.
+
+    q_pids / q_camids: int [N] when the queries are labelled (the protocol
+    then removes their own camera's images from the confidences); unknown
+    queries remove junk only.
+    """
+    n = len(x_NxHxWx3)
+    t0 = time.perf_counter()
+    first = self._arrived
+    self._arrived += n
+    qp = np.full((n,), -2, np.int32) if q_pids is None else np.asarray(
+        q_pids, np.int32)
+    qc = np.full((n,), -1, np.int32) if q_camids is None else np.asarray(
+        q_camids, np.int32)
+    x = self.runner.pad(np.asarray(x_NxHxWx3, np.float32))
+    b = len(x)
+    alive = list(range(n))  # rows of the original batch, arrival order
+    rows = {'carry': jnp.asarray(x), 'pids': jnp.asarray(self.runner.pad(qp)),
+            'camids': jnp.asarray(self.runner.pad(qc))}
+    answers: dict[int, Answer] = {}
+    num_s = len(EXITS)
+    for s in range(num_s):
+      if not alive:
+        break
+      stage = s + 1 if s < num_s - 1 else 4
+      if self.deadline_ms is not None and s > 0:
+        elapsed = 1e3 * (time.perf_counter() - t0)
+        est = self._stage_ms.get((stage, b))
+        if est is not None and elapsed + est > self.deadline_ms:
+          break  # the previous exit's answers stand
+      ts = time.perf_counter()
+      rows['carry'], emb = self.runner.stage(stage, rows['carry'])
+      rows[f'e{stage}'] = emb
+      if s == num_s - 1:  # 'fused' after stage 4
+        emb = self.runner.fuse(rows['e1'], rows['e2'], rows['e3'], emb)
+      stats = self._stats(s, emb, rows['pids'], rows['camids'])
+      jax.block_until_ready(stats)
+      t_stage = time.perf_counter()
+      self._stage_ms[(stage, b)] = 1e3 * (t_stage - ts)
+      self.timing['stage compute + confidence'] += t_stage - ts
+      d1, d2, idx, dist, dist_all = jax.device_get(stats[:4] + (
+          stats[4] if self.keep_distances else None,))
+      t_host = time.perf_counter()
+      self.timing['host round trips'] += t_host - t_stage
+      leaving = []
+      if self.deadline_ms is not None:
+        late = 1e3 * (t_host - t0) > self.deadline_ms and s > 0
+        if not late:  # a completed exit within T replaces the previous one
+          leaving = list(range(len(alive)))
+        else:
+          break
+      else:
+        for r in range(len(alive)):
+          if self.routing == 'random':
+            u = self._draws(first + alive[r])
+            out = s == num_s - 1 or u[s] < self.pi[s]
+          else:
+            out = self.router.leaves(
+                s, confidence(self.routing, d1[r], d2[r]))
+          if out:
+            leaving.append(r)
+      now = 1e3 * (time.perf_counter() - t0)
+      for r in leaving:
+        q = alive[r]
+        answers[q] = Answer(first + q, s, now, idx[r], dist[r],
+                            None if dist_all is None else dist_all[r])
+      self.timing['routing'] += time.perf_counter() - t_host
+      if self.deadline_ms is not None:
+        continue  # everyone goes on while time is left
+      if len(leaving) == len(alive):
+        break
+      tc = time.perf_counter()
+      stay = sorted(set(range(len(alive))) - set(leaving))
+      alive = [alive[r] for r in stay]
+      rows = self.runner.compact(rows, stay)
+      b = len(rows['carry'])
+      self.timing['compaction'] += time.perf_counter() - tc
+    return [answers[q] for q in range(n)]
+
+  def _draws(self, q: int) -> np.ndarray:
+    """Query q's uniforms: row q of default_rng(seed).random((Q, S)), drawn
+    in arrival order (as budget/stream.route_random draws them)."""
+    while len(self._u) <= q:
+      self._u.append(self._rng.random(len(EXITS)))
+    return self._u[q]

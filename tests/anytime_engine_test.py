@@ -1,0 +1,147 @@
+"""The anytime engine exits for real: the exits it chooses equal the
+simulation's (budget/stream.route over precomputed features), query for
+query, and a stream compiles nothing after warm-up."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dare_jax.budget import stream
+from dare_jax.inference import anytime
+from dare_jax.models import dare
+
+HW = (32, 16)
+COSTS = (1.0, 2.2, 3.1, 4.0)  # increasing, as Mul-Adds are
+
+
+@pytest.fixture(scope='module', name='setup')
+def setup_fixture():
+  return make_setup()
+
+
+def make_setup():
+  """A small DaRe with random weights and BN statistics, labelled query and
+  gallery images, and every exit's embeddings by the full forward."""
+  model = dare.DaRe(block='basic', stage_sizes=(1, 1, 1, 1), width=4,
+                    head_hidden=16, embedding_dim=8)
+  rng = np.random.default_rng(0)
+  v = model.init(jax.random.key(0), jnp.zeros((1,) + HW + (3,)), train=False)
+  v = jax.device_get(v)
+  def stat(path, a):  # running statistics: means near 0, variances near 1
+    if jax.tree_util.keystr(path).endswith("['var']"):
+      return np.abs(rng.normal(1, 0.3, a.shape)).astype(np.float32)
+    return rng.normal(0, 0.2, a.shape).astype(np.float32)
+  v = {'params': v['params'],
+       'batch_stats': jax.tree_util.tree_map_with_path(stat, v['batch_stats'])}
+  num_q, num_g = 40, 60
+  xq = rng.normal(size=(num_q,) + HW + (3,)).astype(np.float32)
+  xg = rng.normal(size=(num_g,) + HW + (3,)).astype(np.float32)
+  g_pids = rng.integers(1, 12, num_g)
+  g_pids[:3] = -1  # junk
+  g_camids = rng.integers(0, 3, num_g)
+  q_pids = rng.integers(1, 12, num_q)
+  q_camids = rng.integers(0, 3, num_q)
+  full = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  feats = {'query_pids': q_pids, 'query_camids': q_camids,
+           'gallery_pids': g_pids, 'gallery_camids': g_camids}
+  for side, x in (('query', xq), ('gallery', xg)):
+    for k, e in jax.device_get(full(v, x)).items():
+      feats[f'{side}_{k}'] = e
+  return model, v, xq, feats
+
+
+def _simulated_exits(feats, routing, budget, seed=0):
+  """What tools.budgeted routes: budget/stream over the features."""
+  retrievals = stream.exit_retrievals(feats, anytime.EXITS)
+  if routing == 'random':
+    return stream.route_random(len(feats['query_pids']), stream.conditional(
+        stream.random_fractions(COSTS, budget)), seed)
+  conf = np.stack([retrievals[e].confidences(routing)
+                   for e in anytime.EXITS[:-1]], axis=1)
+  return stream.route(conf, stream.conditional(
+      stream.exit_fractions(COSTS, budget)))
+
+
+def _engine(setup, routing, budget, max_batch, **kw):
+  model, v, _, feats = setup
+  return anytime.AnytimeEngine(
+      model, v, {e: feats[f'gallery_{e}'] for e in anytime.EXITS},
+      feats['gallery_pids'], feats['gallery_camids'], COSTS,
+      routing=routing, budget=budget, max_batch=max_batch, topk=5, **kw)
+
+
+def _run(engine, setup, batch):
+  _, _, xq, feats = setup
+  answers = []
+  for lo in range(0, len(xq), batch):
+    answers += engine.process(xq[lo:lo + batch],
+                              feats['query_pids'][lo:lo + batch],
+                              feats['query_camids'][lo:lo + batch])
+  return answers
+
+
+@pytest.mark.parametrize('routing', ['distance', 'margin', 'random'])
+@pytest.mark.parametrize('batch', [1, 16])
+def test_exits_equal_the_simulation(setup, routing, batch):
+  budget = (COSTS[0] + COSTS[-1]) / 2
+  want = _simulated_exits(setup[3], routing, budget)
+  # A budget that mixes the exits (random routing uses the two around it).
+  assert len(set(want.tolist())) >= (2 if routing == 'random' else 3)
+  answers = _run(_engine(setup, routing, budget, 16), setup, batch)
+  assert [a.index for a in answers] == list(range(len(want)))
+  np.testing.assert_array_equal([a.exit for a in answers], want)
+  # Each answer is its exit's top-5 (all of the gallery, nearest first).
+  feats = setup[3]
+  for a in answers[:8]:
+    name = anytime.EXITS[a.exit]
+    d = np.sqrt(((feats[f'query_{name}'][a.index].astype(np.float64) -
+                  feats[f'gallery_{name}'].astype(np.float64))**2).sum(1))
+    np.testing.assert_array_equal(a.results, np.argsort(d, kind='stable')[:5])
+    np.testing.assert_allclose(a.distances, np.sort(d)[:5], rtol=1e-4)
+    assert a.latency_ms > 0
+
+
+def test_no_compilation_after_warmup(setup):
+  engine = _engine(setup, 'margin', 2.5, 16)
+  engine.warmup(HW)
+  before = dict(engine.runner.traces)
+  assert before['stage1'] == len(engine.runner.buckets)  # one per bucket
+  answers = _run(engine, setup, 13)  # 13, 13, 13, 1: survivors vary
+  assert len({a.exit for a in answers}) >= 3
+  assert dict(engine.runner.traces) == before
+
+
+def test_deadline_answers_with_the_deepest_exit_in_time(setup):
+  _, _, xq, _ = setup
+  deep = _engine(setup, 'distance', None, 16, deadline_ms=1e6)
+  deep.warmup(HW)
+  assert {a.exit for a in deep.process(xq[:8])} == {len(anytime.EXITS) - 1}
+  # No time at all: the first exit, computed anyway, answers.
+  none = _engine(setup, 'distance', None, 16, deadline_ms=1e-6)
+  none.warmup(HW)
+  none.process(xq[:8])  # measures the stages
+  assert {a.exit for a in none.process(xq[:8])} == {0}
+
+
+def test_bench_anytime_rows():
+  """bench/anytime on the smoke model: the fields scripts read, and the
+  predicted saving is what the realised exits cost (no timing thresholds)."""
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  from dare_jax.bench import anytime as bench_anytime  # pylint: disable=g-import-not-at-top
+  from dare_jax.budget import costs as costs_lib  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  rows = bench_anytime.run(config, [1, 4], [0.5], num_queries=8,
+                           num_gallery=20, repeats=1)
+  assert [r['batch'] for r in rows] == [1, 4]
+  c = costs_lib.exit_costs(dare.from_config(config.model),
+                           tuple(config.data.input_size))
+  costs = np.array([c[e] for e in anytime.EXITS], np.float64)
+  for r in rows:
+    np.testing.assert_allclose(sum(r['exit_fractions']), 1.0)
+    cost = np.dot(r['exit_fractions'], costs)
+    np.testing.assert_allclose(r['predicted_saving'], 1 - cost / costs[-1])
+    np.testing.assert_allclose(r['budget'], (costs[0] + costs[-1]) / 2)
+    assert r['ms_per_query'] > 0 and r['full_ms_per_query'] > 0
+    np.testing.assert_allclose(
+        r['realized_saving'], 1 - r['ms_per_query'] / r['full_ms_per_query'])
