@@ -145,3 +145,31 @@ def test_bench_anytime_rows():
     assert r['ms_per_query'] > 0 and r['full_ms_per_query'] > 0
     np.testing.assert_allclose(
         r['realized_saving'], 1 - r['ms_per_query'] / r['full_ms_per_query'])
+
+
+@pytest.mark.parametrize('routing', ['distance', 'margin', 'random'])
+def test_queued_stream_exits_equal_the_simulation(setup, routing):
+  """submit/flush: survivors of several micro-batches continue together at
+  full batch; the exits are still the simulation's, and nothing compiles
+  after warm-up."""
+  _, _, xq, feats = setup
+  budget = (COSTS[0] + COSTS[-1]) / 2
+  want = _simulated_exits(feats, routing, budget)
+  engine = _engine(setup, routing, budget, 8)
+  engine.warmup(HW)
+  before = dict(engine.runner.traces)
+  answers = []
+  for lo in range(0, len(xq), 5):  # micro-batches of 5 into buckets of 8
+    answers += engine.submit(xq[lo:lo + 5], feats['query_pids'][lo:lo + 5],
+                             feats['query_camids'][lo:lo + 5])
+  answers += engine.flush()
+  assert dict(engine.runner.traces) == before
+  assert (2, 8) in engine._stage_ms  # pylint: disable=protected-access
+  answers.sort(key=lambda a: a.index)
+  assert [a.index for a in answers] == list(range(len(want)))
+  np.testing.assert_array_equal([a.exit for a in answers], want)
+  for a in answers[:6]:
+    name = anytime.EXITS[a.exit]
+    d = np.sqrt(((feats[f'query_{name}'][a.index].astype(np.float64) -
+                  feats[f'gallery_{name}'].astype(np.float64))**2).sum(1))
+    np.testing.assert_array_equal(a.results, np.argsort(d, kind='stable')[:5])

@@ -426,11 +426,11 @@ def test_stream_exits_equal_tools_budgeted_on_embed_features(
       stream.exit_fractions(costs, budget)))
   assert len(set(want.tolist())) >= 2
   sim, = stream.simulate(feats, anytime.EXITS, costs, [budget], routing)
-  for batch in (1, 16):
+  for batch, mode in ((1, 'batch'), (16, 'batch'), (4, 'queued')):
     out = stream_tool.run_stream(
         bundle_dir, str(tmp_path / 'g.npz'), q_csv, budget=budget,
-        routing=routing, batch=batch, topk=3, progress=False,
-        json_out=str(tmp_path / f's{batch}.json'))
+        routing=routing, batch=batch, mode=mode, topk=3, progress=False,
+        json_out=str(tmp_path / f's{batch}{mode}.json'))
     got = [anytime.EXITS.index(r['exit']) for r in out['queries']]
     np.testing.assert_array_equal(got, want)
     assert [r['path'] for r in out['queries']] == list(q.inputs.paths)
@@ -441,3 +441,28 @@ def test_stream_exits_equal_tools_budgeted_on_embed_features(
     np.testing.assert_allclose(s['realized_cost'], sim['realized_cost'])
     np.testing.assert_allclose(
         s['exit_fractions'], np.bincount(want, minlength=4) / len(want))
+
+
+def test_stream_cli_deadline_and_errors(made_up, tmp_path):
+  _, _, bundle_dir, root = made_up
+  cwd = tmp_path / 'elsewhere'
+  cwd.mkdir()
+  gal = os.path.join(root, 'bounding_box_test')
+  proc = _cli('stream', bundle_dir, f'--gallery={gal}',
+              f'--queries={os.path.join(root, "query")}', '--deadline-ms=1e4',
+              '--routing=distance', '--batch=2', '--json=s.json', cwd=str(cwd))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads((cwd / 's.json').read_text())
+  assert json.loads(proc.stdout) == out['summary']
+  assert len(out['queries']) == 3 and out['summary']['deadline_ms'] == 1e4
+  # Ten seconds is time enough for every stage: the last exit answers.
+  assert {q['exit'] for q in out['queries']} == {'fused'}
+  assert all(q['latency_ms'] > 0 and len(q['results']) == 8
+             for q in out['queries'])
+  bad = _cli('stream', bundle_dir, f'--gallery={gal}', f'--queries={gal}',
+             cwd=str(cwd))
+  assert bad.returncode == 1 and 'Traceback' not in bad.stderr
+  assert '--budget=MUL_ADDS or --deadline-ms' in bad.stderr
+  margin = _cli('stream', bundle_dir, f'--gallery={gal}', f'--queries={gal}',
+                '--budget=1e9', cwd=str(cwd))
+  assert margin.returncode == 1 and '--routing=distance' in margin.stderr

@@ -16,8 +16,13 @@ Per budget and batch size: the realised ms per query (everything from the
 batch's first stage to its last answer: stage compute, confidences, host
 round trips, routing, compaction), the full forward's ms per query at the
 same batch (the jitted forward and the fused exit's answer: distances and
-top-K), the Mul-Add-predicted saving 1 - realised cost / C_4 and the
-realised saving 1 - ms / full ms, and where the engine's time went.
+top-K), the Mul-Add-predicted saving 1 - realised cost / C_4, the saving
+the measured stage times predict (each stage jitted alone at this batch:
+what the exits cost in time rather than Mul-Adds, before any routing or
+compaction) and the realised saving 1 - ms / full ms, and where the
+engine's time went. Modes: 'batch' (AnytimeEngine.process: a micro-batch's
+survivors continue together, in smaller buckets) and 'queued' (submit /
+flush: survivors wait until max_batch of them fill the next stage).
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('queries', 64, 'Queries streamed per measurement.')
   flags.DEFINE_integer('gallery', 1000, 'Gallery size.')
   flags.DEFINE_integer('repeats', 3, 'Passes over the queries (median).')
+  flags.DEFINE_string('modes', ','.join(MODES), 'batch: each micro-batch\'s '
+                      'survivors continue together (process); queued: '
+                      'survivors wait until they fill a batch (submit).')
   flags.DEFINE_string('json', '', 'Also write the results here.')
   flags.mark_flags_as_required(['config'])
 
@@ -67,6 +75,15 @@ def _ints(flag, text) -> list[int]:
   return out
 
 
+def _modes(text) -> tuple[str, ...]:
+  out = tuple(m.strip() for m in text.split(',') if m.strip())
+  bad = [m for m in out if m not in MODES]
+  if bad or not out:
+    raise errors.ConfigError(f'--modes={text!r}: use a comma list of '
+                             f'{", ".join(MODES)}.')
+  return out
+
+
 def _floats(flag, text) -> list[float]:
   try:
     out = [float(v) for v in text.split(',') if v.strip()]
@@ -77,8 +94,11 @@ def _floats(flag, text) -> list[float]:
   return out
 
 
+MODES = ('batch', 'queued')
+
+
 def run(config, batches, budgets, routing='margin', num_queries=64,
-        num_gallery=1000, repeats=3) -> list[dict]:
+        num_gallery=1000, repeats=3, modes=MODES) -> list[dict]:
   model = dare.from_config(config.model)
   if model.trinet:
     raise errors.ConfigError('A TriNet has one exit: use a DaRe config.')
@@ -112,7 +132,8 @@ def run(config, batches, budgets, routing='margin', num_queries=64,
             jnp.asarray(q_camids[lo:lo + batch], jnp.int32), gp, gc, 10))
     full_pass()  # compile
     full_s = _median_time(full_pass, repeats)
-    for b in budgets:
+    stage_ms = _stage_times(model, variables, x[:batch], repeats)
+    for b, mode in [(b, m) for b in budgets for m in modes]:
       budget = costs[0] + b * (costs[-1] - costs[0]) if b <= 1 else b
       times, engine = [], None
       for _ in range(repeats):
@@ -123,9 +144,12 @@ def run(config, batches, budgets, routing='margin', num_queries=64,
         engine.timing.clear()
         t0 = time.perf_counter()
         answers = []
+        step = engine.process if mode == 'batch' else engine.submit
         for lo in starts:
-          answers += engine.process(x[lo:lo + batch], q_pids[lo:lo + batch],
-                                    q_camids[lo:lo + batch])
+          answers += step(x[lo:lo + batch], q_pids[lo:lo + batch],
+                          q_camids[lo:lo + batch])
+        if mode == 'queued':
+          answers += engine.flush()
         times.append(time.perf_counter() - t0)
       exit_q = np.array([a.exit for a in answers])
       realized_cost = float(np.mean(np.asarray(costs)[exit_q]))
@@ -133,14 +157,21 @@ def run(config, batches, budgets, routing='margin', num_queries=64,
       full_ms = 1e3 * full_s / num_queries
       predicted = 1 - realized_cost / costs[-1]
       realized = 1 - ms / full_ms
+      # What the measured stage times predict (no routing, no compaction):
+      # query q costs the stages up to its exit, at this batch size.
+      cum_ms = np.cumsum(stage_ms)
+      time_predicted = 1 - float(np.mean(cum_ms[exit_q])) / cum_ms[-1]
       total = sum(engine.timing.values()) or 1.0
       rows.append({
           'budget': float(budget), 'budget_fraction': float(
               (budget - costs[0]) / (costs[-1] - costs[0])),
-          'batch': batch, 'routing': routing,
+          'batch': batch, 'mode': mode, 'routing': routing,
+          'mean_latency_ms': float(np.mean([a.latency_ms for a in answers])),
           'exit_fractions': (np.bincount(exit_q, minlength=len(costs)) /
                              len(exit_q)).tolist(),
           'predicted_saving': predicted, 'realized_saving': realized,
+          'time_predicted_saving': time_predicted,
+          'stage_ms_per_image': [float(t) for t in stage_ms],
           'realized_over_predicted': realized / predicted if predicted
                                      else None,
           'ms_per_query': ms, 'full_ms_per_query': full_ms,
@@ -149,6 +180,24 @@ def run(config, batches, budgets, routing='margin', num_queries=64,
           'time_split': {k: v / total for k, v in engine.timing.items()},
       })
   return rows
+
+
+def _stage_times(model, variables, x, repeats) -> list[float]:
+  """ms per image of each stage (with its head) at batch len(x), jitted
+  alone; the last includes the fusion."""
+  runner = anytime.StageRunner(model, variables, len(x))
+  carry, out, embs = jnp.asarray(runner.pad(x)), [], []
+  for s in range(1, 5):
+    fn = lambda c=carry, s=s: jax.block_until_ready(runner.stage(s, c))
+    nxt, e = fn()
+    embs.append(e)
+    if s == 4:
+      fn = lambda c=carry: jax.block_until_ready(
+          runner.fuse(*embs[:3], runner.stage(4, c)[1]))
+    fn()
+    out.append(1e3 * _median_time(fn, max(3, repeats)) / len(carry))
+    carry = nxt
+  return out
 
 
 def _median_time(fn, repeats) -> float:
@@ -160,14 +209,17 @@ def _median_time(fn, repeats) -> float:
   return float(np.median(times))
 
 
-COLUMNS = (('batch', 'batch', '{}'), ('budget', 'budget_fraction', '{:.2f}'),
+COLUMNS = (('batch', 'batch', '{}'), ('mode', 'mode', '{}'),
+           ('budget', 'budget_fraction', '{:.2f}'),
            ('predicted', 'predicted_saving', '{:.3f}'),
+           ('time-predicted', 'time_predicted_saving', '{:.3f}'),
            ('realized', 'realized_saving', '{:.3f}'),
            ('ratio', 'realized_over_predicted', '{:.2f}'),
            ('ms/query', 'ms_per_query', '{:.2f}'),
            ('full ms/query', 'full_ms_per_query', '{:.2f}'),
            ('img/s', 'images_per_s', '{:.1f}'),
-           ('full img/s', 'full_images_per_s', '{:.1f}'))
+           ('full img/s', 'full_images_per_s', '{:.1f}'),
+           ('latency ms', 'mean_latency_ms', '{:.1f}'))
 
 
 def main(argv):
@@ -176,7 +228,8 @@ def main(argv):
   try:
     rows = run(FLAGS.config, _ints('batch', FLAGS.batch),
                _floats('budgets', FLAGS.budgets), FLAGS.routing,
-               FLAGS.queries, FLAGS.gallery, FLAGS.repeats)
+               FLAGS.queries, FLAGS.gallery, FLAGS.repeats,
+               _modes(FLAGS.modes))
   except errors.UserError as e:
     raise SystemExit(f'error: {e}') from None
   print(f'device: {jax.devices()[0].device_kind}, input '
@@ -187,7 +240,8 @@ def main(argv):
   for r in rows:
     split = ', '.join(f'{k} {v:.2f}' for k, v in sorted(
         r['time_split'].items(), key=lambda kv: -kv[1]))
-    print(f'  batch {r["batch"]}, budget {r["budget_fraction"]:.2f}: {split}')
+    print(f'  batch {r["batch"]} {r["mode"]}, budget '
+          f'{r["budget_fraction"]:.2f}: {split}')
   if FLAGS.json:
     reporting.write_json(FLAGS.json, {'rows': rows, 'date': time.strftime(
         '%Y-%m-%d'), 'device': jax.devices()[0].device_kind})

@@ -85,6 +85,19 @@ class StageRunner:
       self.traces['gather'] += 1
       return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)
 
+    def scatter(buffer, tree, src, dst):
+      self.traces['scatter'] += 1
+      return jax.tree.map(lambda b, t: b.at[dst].set(t[src]), buffer,
+                          {k: tree[k] for k in buffer})
+
+    def head(buffer):
+      self.traces['head'] += 1
+      return jax.tree.map(lambda b: b[:-1], buffer)
+
+    self._scatter = jax.jit(scatter)
+    self._head = jax.jit(head)
+    self._zeros = lambda tree, n: jax.tree.map(
+        lambda a: jnp.zeros((n,) + a.shape[1:], a.dtype), tree)
     self._stage = {s: jax.jit(functools.partial(stage, s))
                    for s in range(1, 5)}
     self._fuse = jax.jit(fuse)
@@ -112,6 +125,24 @@ class StageRunner:
 
   def fuse(self, e1, e2, e3, e4):
     return self._fuse(self.variables, e1, e2, e3, e4)
+
+  def scatter(self, buffer, tree, rows: Sequence[int], at: int):
+    """buffer (max_batch + 1 rows; the last one takes the padding) with
+    tree's rows `rows` written at at, at + 1, ...; a zero buffer shaped
+    like tree when buffer is None."""
+    cap = self.buckets[-1]
+    if buffer is None:
+      buffer = self._zeros(tree, cap + 1)
+    nb = self.bucket(len(rows))
+    src = np.zeros((nb,), np.int32)
+    dst = np.full((nb,), cap, np.int32)
+    src[:len(rows)] = rows
+    dst[:len(rows)] = np.arange(at, at + len(rows))
+    return self._scatter(buffer, tree, jnp.asarray(src), jnp.asarray(dst))
+
+  def head(self, buffer):
+    """The max_batch rows of a buffer (without its padding row)."""
+    return self._head(buffer)
 
   def compact(self, tree, keep: Sequence[int]):
     """The rows `keep` of every array of tree, padded (with row keep[0]) to
@@ -229,6 +260,10 @@ class AnytimeEngine:
     self.router = OnlineRouter(self.pi) if self.pi is not None else None
     self._rng = np.random.default_rng(seed)
     self._u: list[np.ndarray] = []
+    # Queued streaming: per exit s >= 1, the waiting queries and their rows.
+    self._queue = {s: [] for s in range(1, len(EXITS))}
+    self._buffer: dict = {}
+    self._t_arrive: dict = {}
     self._stage_ms = {}  # (stage, bucket) -> the last measured ms
     self._arrived = 0
     self.timing = collections.Counter()  # seconds: where the time goes
@@ -252,6 +287,12 @@ class AnytimeEngine:
           for n in self.runner.buckets:
             if n <= b:
               jax.block_until_ready(self.runner.compact(rows, list(range(n))))
+              if self.deadline_ms is None:  # what submit() and flush() use
+                buf = self.runner.scatter(None, rows, list(range(n)), 0)
+                jax.block_until_ready(self.runner.head(buf))
+                for m in self.runner.buckets:
+                  jax.block_until_ready(self.runner.compact(
+                      buf, list(range(m))))
 
   # -- one micro-batch --------------------------------------------------------
 
@@ -259,9 +300,49 @@ class AnytimeEngine:
     return _exit_stats(emb, self.gallery[EXITS[s_exit]], q_pids, q_camids,
                        self.g_pids, self.g_camids, self.topk)
 
+  def _input_rows(self, x_NxHxWx3, q_pids, q_camids):
+    n = len(x_NxHxWx3)
+    qp = np.full((n,), -2, np.int32) if q_pids is None else np.asarray(
+        q_pids, np.int32)
+    qc = np.full((n,), -1, np.int32) if q_camids is None else np.asarray(
+        q_camids, np.int32)
+    x = self.runner.pad(np.asarray(x_NxHxWx3, np.float32))
+    return {'carry': jnp.asarray(x), 'pids': jnp.asarray(self.runner.pad(qp)),
+            'camids': jnp.asarray(self.runner.pad(qc))}
+
+  def _run_exit(self, s: int, rows: dict):
+    """Stage s's compute, its exit's statistics and their host copy:
+    (rows with the new carry and embedding, (d1, d2, idx, dist, dist_all))."""
+    stage = s + 1 if s < len(EXITS) - 1 else 4
+    b = len(rows['carry'])
+    ts = time.perf_counter()
+    rows = dict(rows)
+    rows['carry'], emb = self.runner.stage(stage, rows['carry'])
+    rows[f'e{stage}'] = emb
+    if s == len(EXITS) - 1:  # 'fused' after stage 4
+      emb = self.runner.fuse(rows['e1'], rows['e2'], rows['e3'], emb)
+    stats = self._stats(s, emb, rows['pids'], rows['camids'])
+    jax.block_until_ready(stats)
+    t_stage = time.perf_counter()
+    self._stage_ms[(stage, b)] = 1e3 * (t_stage - ts)
+    self.timing['stage compute + confidence'] += t_stage - ts
+    host = jax.device_get(stats[:4] + (
+        stats[4] if self.keep_distances else None,))
+    self.timing['host round trips'] += time.perf_counter() - t_stage
+    return rows, host
+
+  def _leaves(self, s: int, q: int, d1, d2) -> bool:
+    """Budget mode: does query q (arrival index) leave at exit s?"""
+    if s == len(EXITS) - 1:
+      return True
+    if self.routing == 'random':
+      return bool(self._draws(q)[s] < self.pi[s])
+    return self.router.leaves(s, confidence(self.routing, d1, d2))
+
   def process(self, x_NxHxWx3: np.ndarray, q_pids=None, q_camids=None
               ) -> list[Answer]:
-    """Answers a micro-batch of normalised images, in arrival order.
+    """Answers a micro-batch of normalised images, in arrival order; its
+    survivors continue together, compacted into smaller buckets.
 
     q_pids / q_camids: int [N] when the queries are labelled (the protocol
     then removes their own camera's images from the confidences); unknown
@@ -271,57 +352,25 @@ class AnytimeEngine:
     t0 = time.perf_counter()
     first = self._arrived
     self._arrived += n
-    qp = np.full((n,), -2, np.int32) if q_pids is None else np.asarray(
-        q_pids, np.int32)
-    qc = np.full((n,), -1, np.int32) if q_camids is None else np.asarray(
-        q_camids, np.int32)
-    x = self.runner.pad(np.asarray(x_NxHxWx3, np.float32))
-    b = len(x)
+    rows = self._input_rows(x_NxHxWx3, q_pids, q_camids)
     alive = list(range(n))  # rows of the original batch, arrival order
-    rows = {'carry': jnp.asarray(x), 'pids': jnp.asarray(self.runner.pad(qp)),
-            'camids': jnp.asarray(self.runner.pad(qc))}
     answers: dict[int, Answer] = {}
-    num_s = len(EXITS)
-    for s in range(num_s):
-      if not alive:
-        break
-      stage = s + 1 if s < num_s - 1 else 4
+    for s in range(len(EXITS)):
+      stage = s + 1 if s < len(EXITS) - 1 else 4
       if self.deadline_ms is not None and s > 0:
-        elapsed = 1e3 * (time.perf_counter() - t0)
-        est = self._stage_ms.get((stage, b))
-        if est is not None and elapsed + est > self.deadline_ms:
+        est = self._stage_ms.get((stage, len(rows['carry'])))
+        if est is not None and (1e3 * (time.perf_counter() - t0) + est >
+                                self.deadline_ms):
           break  # the previous exit's answers stand
-      ts = time.perf_counter()
-      rows['carry'], emb = self.runner.stage(stage, rows['carry'])
-      rows[f'e{stage}'] = emb
-      if s == num_s - 1:  # 'fused' after stage 4
-        emb = self.runner.fuse(rows['e1'], rows['e2'], rows['e3'], emb)
-      stats = self._stats(s, emb, rows['pids'], rows['camids'])
-      jax.block_until_ready(stats)
-      t_stage = time.perf_counter()
-      self._stage_ms[(stage, b)] = 1e3 * (t_stage - ts)
-      self.timing['stage compute + confidence'] += t_stage - ts
-      d1, d2, idx, dist, dist_all = jax.device_get(stats[:4] + (
-          stats[4] if self.keep_distances else None,))
+      rows, (d1, d2, idx, dist, dist_all) = self._run_exit(s, rows)
       t_host = time.perf_counter()
-      self.timing['host round trips'] += t_host - t_stage
-      leaving = []
       if self.deadline_ms is not None:
-        late = 1e3 * (t_host - t0) > self.deadline_ms and s > 0
-        if not late:  # a completed exit within T replaces the previous one
-          leaving = list(range(len(alive)))
-        else:
-          break
+        if s > 0 and 1e3 * (t_host - t0) > self.deadline_ms:
+          break  # finished late: the previous exit's answers stand
+        leaving = list(range(len(alive)))  # replaces the previous answer
       else:
-        for r in range(len(alive)):
-          if self.routing == 'random':
-            u = self._draws(first + alive[r])
-            out = s == num_s - 1 or u[s] < self.pi[s]
-          else:
-            out = self.router.leaves(
-                s, confidence(self.routing, d1[r], d2[r]))
-          if out:
-            leaving.append(r)
+        leaving = [r for r in range(len(alive))
+                   if self._leaves(s, first + alive[r], d1[r], d2[r])]
       now = 1e3 * (time.perf_counter() - t0)
       for r in leaving:
         q = alive[r]
@@ -336,9 +385,74 @@ class AnytimeEngine:
       stay = sorted(set(range(len(alive))) - set(leaving))
       alive = [alive[r] for r in stay]
       rows = self.runner.compact(rows, stay)
-      b = len(rows['carry'])
       self.timing['compaction'] += time.perf_counter() - tc
     return [answers[q] for q in range(n)]
+
+  # -- queued: every stage runs on full batches ------------------------------
+
+  def submit(self, x_NxHxWx3: np.ndarray, q_pids=None, q_camids=None
+             ) -> list[Answer]:
+    """Budget mode with queues: stage 1 runs on the micro-batch; survivors
+    wait at the next stage until max_batch of them (from any micro-batches)
+    fill it, so every stage runs at full batch. Returns the answers
+    completed by this call (arrival indices tell whose); flush() ends the
+    stream. Exits are those of process(): each exit still sees its queries
+    in arrival order. Latency counts from submit() to the answer.
+    """
+    if self.deadline_ms is not None:
+      raise errors.ConfigError('Queued streaming is for a budget; a '
+                               'deadline answers each micro-batch itself.')
+    n = len(x_NxHxWx3)
+    now = time.perf_counter()
+    queries = list(range(self._arrived, self._arrived + n))
+    self._arrived += n
+    self._t_arrive.update({q: now for q in queries})
+    out: list[Answer] = []
+    self._step(0, self._input_rows(x_NxHxWx3, q_pids, q_camids), queries,
+               out)
+    return out
+
+  def flush(self) -> list[Answer]:
+    """Runs every waiting query to its exit (partial batches)."""
+    out: list[Answer] = []
+    for s in range(1, len(EXITS)):
+      queries = self._queue[s]
+      if queries:
+        tc = time.perf_counter()
+        rows = self.runner.compact(self._buffer[s], list(range(len(queries))))
+        self.timing['compaction'] += time.perf_counter() - tc
+        self._queue[s] = []
+        self._step(s, rows, queries, out)
+    return out
+
+  def _step(self, s: int, rows: dict, queries: list[int],
+            out: list[Answer]) -> None:
+    """Exit s on rows (their first len(queries) are the queries, in
+    arrival order): answers the leaving, queues the rest at s + 1."""
+    rows, (d1, d2, idx, dist, dist_all) = self._run_exit(s, rows)
+    t_host = time.perf_counter()
+    stay = []
+    for r, q in enumerate(queries):
+      if self._leaves(s, q, d1[r], d2[r]):
+        out.append(Answer(q, s, 1e3 * (time.perf_counter() -
+                                       self._t_arrive.pop(q)), idx[r],
+                          dist[r], None if dist_all is None else dist_all[r]))
+      else:
+        stay.append(r)
+    self.timing['routing'] += time.perf_counter() - t_host
+    cap = self.runner.buckets[-1]
+    while stay:
+      queue = self._queue[s + 1]
+      take = stay[:cap - len(queue)]
+      stay = stay[len(take):]
+      tc = time.perf_counter()
+      self._buffer[s + 1] = self.runner.scatter(
+          self._buffer.get(s + 1), rows, take, len(queue))
+      self.timing['compaction'] += time.perf_counter() - tc
+      queue += [queries[r] for r in take]
+      if len(queue) == cap:  # a full batch: run it now
+        self._queue[s + 1] = []
+        self._step(s + 1, self.runner.head(self._buffer[s + 1]), queue, out)
 
   def _draws(self, q: int) -> np.ndarray:
     """Query q's uniforms: row q of default_rng(seed).random((Q, S)), drawn

@@ -2,7 +2,8 @@ r"""Answers a stream of query images with real early exit (inference/anytime).
 
   python -m dare_jax.tools.stream BUNDLE --gallery=G --queries=Q \
       (--budget=B | --deadline-ms=T) [--routing=margin|distance|random] \
-      [--batch=16] [--topk=10] [--seed=0] [--json=OUT] [--overwrite]
+      [--batch=16] [--mode=batch|queued] [--topk=10] [--seed=0] \
+      [--json=OUT] [--overwrite]
 
 G: a FEATURES.npz from tools/embed (its stage1, stage2, stage3 and fused
 embeddings; person/camera when it was a labelled CSV) or images, embedded
@@ -41,6 +42,10 @@ def define_flags() -> None:
   flags.DEFINE_enum('routing', 'margin', ['margin', 'distance', 'random'],
                     'Who leaves early (budget/stream.py).')
   flags.DEFINE_integer('batch', 16, 'Queries per micro-batch.')
+  flags.DEFINE_enum('mode', 'batch', ['batch', 'queued'],
+                    "batch: a micro-batch's survivors continue together "
+                    '(lowest latency); queued: survivors wait until --batch '
+                    'of them fill the next stage (throughput; budget only).')
   flags.DEFINE_integer('topk', 10, 'Results per query.')
   flags.DEFINE_integer('seed', 0, 'The random routing draws.')
   flags.DEFINE_string('json', '', 'Write every answer here.')
@@ -50,7 +55,8 @@ def define_flags() -> None:
 
 def run_stream(bundle_path: str, gallery_spec: str, queries_spec: str, *,
                budget=None, deadline_ms=None, routing: str = 'margin',
-               batch: int = 16, topk: int = 10, seed: int = 0,
+               batch: int = 16, mode: str = 'batch', topk: int = 10,
+               seed: int = 0,
                json_out: str = '', overwrite: bool = False,
                progress: bool = True) -> dict:
   """Streams the queries; returns the --json object."""
@@ -70,6 +76,11 @@ def run_stream(bundle_path: str, gallery_spec: str, queries_spec: str, *,
   if (budget is None) == (deadline_ms is None):
     raise errors.ConfigError('Give --budget=MUL_ADDS or --deadline-ms=T '
                              '(one of them).')
+  if mode not in ('batch', 'queued'):
+    raise errors.ConfigError(f'--mode={mode!r}: use batch or queued.')
+  if mode == 'queued' and deadline_ms is not None:
+    raise errors.ConfigError('--mode=queued is for a --budget; a deadline '
+                             'answers each micro-batch by itself.')
   b = bundle_lib.Bundle.load(bundle_path)
   missing = [e for e in anytime.EXITS if e not in b.embedding_names]
   if missing:
@@ -109,9 +120,12 @@ def run_stream(bundle_path: str, gallery_spec: str, queries_spec: str, *,
     ids = ((queries.person[lo:hi], queries.camera[lo:hi]
             if queries.camera is not None else None) if labelled
            else (None, None))
-    answers += engine.process(x, *ids)
+    answers += (engine.process if mode == 'batch' else engine.submit)(x, *ids)
     if prog:
       prog.update(hi - lo)
+  if mode == 'queued':
+    answers += engine.flush()
+  answers.sort(key=lambda a: a.index)
   exit_q = np.array([a.exit for a in answers])
   summary = {
       'exits': list(anytime.EXITS), 'exit_costs': costs,
@@ -124,6 +138,7 @@ def run_stream(bundle_path: str, gallery_spec: str, queries_spec: str, *,
       'seconds': {k: round(v, 4) for k, v in engine.timing.items()},
   }
   summary['seconds']['decoding'] = round(t_decode, 4)
+  summary['mode'] = mode
   summary['budget' if budget is not None else 'deadline_ms'] = (
       budget if budget is not None else deadline_ms)
   if labelled:
@@ -156,7 +171,7 @@ def main(argv):
   return cli.emit_json(lambda: run_stream(
       argv[1], FLAGS.gallery, FLAGS.queries, budget=FLAGS.budget,
       deadline_ms=FLAGS['deadline-ms'].value, routing=FLAGS.routing,
-      batch=FLAGS.batch, topk=FLAGS.topk, seed=FLAGS.seed,
+      batch=FLAGS.batch, mode=FLAGS.mode, topk=FLAGS.topk, seed=FLAGS.seed,
       json_out=FLAGS.json, overwrite=FLAGS.overwrite)['summary'], indent=1)
 
 
