@@ -225,13 +225,15 @@ class AnytimeEngine:
     topk: results per query; max_batch: the largest micro-batch.
     keep_distances: hand each answer its exit's [G] distances (for
       Rank-1 / mAP of labelled queries).
+    runner: a StageRunner of this model and max_batch to reuse.
   """
 
   def __init__(self, model, variables, gallery, g_pids, g_camids, costs, *,
                routing: str = 'distance', budget: Optional[float] = None,
                deadline_ms: Optional[float] = None, topk: int = 10,
                max_batch: int = 16, seed: int = 0,
-               keep_distances: bool = False):
+               keep_distances: bool = False,
+               runner: Optional[StageRunner] = None):
     if (budget is None) == (deadline_ms is None):
       raise errors.ConfigError('Give a budget or a deadline, not both.')
     if routing not in stream_lib.ROUTINGS:
@@ -241,7 +243,8 @@ class AnytimeEngine:
     if missing:
       raise errors.DataError(f'The gallery lacks {", ".join(missing)}; the '
                              f'engine answers with {", ".join(EXITS)}.')
-    self.runner = StageRunner(model, variables, max_batch)
+    # A runner (its compiled stages) can be shared by engines of one model.
+    self.runner = runner or StageRunner(model, variables, max_batch)
     self.gallery = {e: jnp.asarray(gallery[e], jnp.float32) for e in EXITS}
     self.g_pids = jnp.asarray(g_pids, jnp.int32)
     self.g_camids = jnp.asarray(g_camids, jnp.int32)
