@@ -132,8 +132,11 @@ def test_bench_anytime_rows():
   from dare_jax.budget import costs as costs_lib  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
   rows = bench_anytime.run(config, [1, 4], [0.5], num_queries=8,
-                           num_gallery=20, repeats=1)
-  assert [r['batch'] for r in rows] == [1, 4]
+                           num_gallery=20, repeats=1,
+                           runtimes=('jax', 'onnx'))
+  assert [(r['runtime'], r['batch'], r['mode']) for r in rows] == [
+      (rt, b, m) for rt in ('jax', 'onnx') for b in (1, 4)
+      for m in ('batch', 'queued')]
   c = costs_lib.exit_costs(dare.from_config(config.model),
                            tuple(config.data.input_size))
   costs = np.array([c[e] for e in anytime.EXITS], np.float64)
@@ -173,3 +176,28 @@ def test_queued_stream_exits_equal_the_simulation(setup, routing):
     d = np.sqrt(((feats[f'query_{name}'][a.index].astype(np.float64) -
                   feats[f'gallery_{name}'].astype(np.float64))**2).sum(1))
     np.testing.assert_array_equal(a.results, np.argsort(d, kind='stable')[:5])
+
+
+@pytest.mark.parametrize('routing', ['distance', 'margin'])
+def test_onnx_stages_exit_as_the_simulation(setup, routing):
+  """The stages in onnxruntime (one ONNX model each): the same exits, per
+  micro-batch and queued, and answers equal to JAX's to 1e-4."""
+  model, v, xq, feats = setup
+  budget = (COSTS[0] + COSTS[-1]) / 2
+  want = _simulated_exits(feats, routing, budget)
+  runner = anytime.OnnxStageRunner(model, v, HW, max_batch=16)
+  engine = _engine(setup, routing, budget, 16, runner=runner)
+  answers = _run(engine, setup, 16)
+  np.testing.assert_array_equal([a.exit for a in answers], want)
+  queued = _engine(setup, routing, budget, 16, runner=runner)
+  got = []
+  for lo in range(0, len(xq), 7):
+    got += queued.submit(xq[lo:lo + 7], feats['query_pids'][lo:lo + 7],
+                         feats['query_camids'][lo:lo + 7])
+  got = sorted(got + queued.flush(), key=lambda a: a.index)
+  np.testing.assert_array_equal([a.exit for a in got], want)
+  ref = _run(_engine(setup, routing, budget, 16), setup, 16)
+  for a, b in zip(answers, ref):
+    np.testing.assert_array_equal(a.results, b.results)
+    np.testing.assert_allclose(a.distances, b.distances, rtol=1e-4,
+                               atol=1e-5)

@@ -2,7 +2,7 @@ r"""Benchmark: the wall-clock time real early exit saves (inference/anytime).
 
   python -m dare_jax.bench.anytime --config=configs/market.py \
       [--batch=1,8] [--budgets=0.25,0.5,0.75] [--routing=margin] \
-      [--queries=64] [--gallery=1000] [--json=PATH]
+      [--queries=64] [--gallery=1000] [--runtime=jax,onnx] [--json=PATH]
 
 The model is built from the config with random weights (time does not depend
 on them; accuracy needs a trained bundle: tools/stream reports it). A gallery
@@ -32,6 +32,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,6 +42,7 @@ from dare_jax import errors
 from dare_jax import reporting
 from dare_jax.budget import costs as costs_lib
 from dare_jax.inference import anytime
+from dare_jax.inference import bundle as bundle_lib
 from dare_jax.models import dare
 
 FLAGS = flags.FLAGS
@@ -61,6 +63,8 @@ def define_flags() -> None:
   flags.DEFINE_string('modes', ','.join(MODES), 'batch: each micro-batch\'s '
                       'survivors continue together (process); queued: '
                       'survivors wait until they fill a batch (submit).')
+  flags.DEFINE_string('runtime', 'jax', 'jax and/or onnx (the stages in '
+                      'onnxruntime, one ONNX model each), comma-separated.')
   flags.DEFINE_string('json', '', 'Also write the results here.')
   flags.mark_flags_as_required(['config'])
 
@@ -84,6 +88,15 @@ def _modes(text) -> tuple[str, ...]:
   return out
 
 
+def _runtimes(text) -> tuple[str, ...]:
+  out = tuple(m.strip() for m in text.split(',') if m.strip())
+  bad = [m for m in out if m not in RUNTIMES]
+  if bad or not out:
+    raise errors.ConfigError(f'--runtime={text!r}: use a comma list of '
+                             f'{", ".join(RUNTIMES)}.')
+  return out
+
+
 def _floats(flag, text) -> list[float]:
   try:
     out = [float(v) for v in text.split(',') if v.strip()]
@@ -97,8 +110,12 @@ def _floats(flag, text) -> list[float]:
 MODES = ('batch', 'queued')
 
 
+RUNTIMES = ('jax', 'onnx')
+
+
 def run(config, batches, budgets, routing='margin', num_queries=64,
-        num_gallery=1000, repeats=3, modes=MODES) -> list[dict]:
+        num_gallery=1000, repeats=3, modes=MODES,
+        runtimes=('jax',)) -> list[dict]:
   model = dare.from_config(config.model)
   if model.trinet:
     raise errors.ConfigError('A TriNet has one exit: use a DaRe config.')
@@ -116,12 +133,20 @@ def run(config, batches, budgets, routing='margin', num_queries=64,
   g_camids = rng.integers(0, 6, num_gallery)
   q_pids = rng.integers(1, max(2, num_gallery // 4), num_queries)
   q_camids = rng.integers(0, 6, num_queries)
-  full = jax.jit(lambda v, x: model.apply(v, x, train=False)['fused'])
   g_dev = {e: jnp.asarray(a) for e, a in gallery.items()}
   gp, gc = jnp.asarray(g_pids, jnp.int32), jnp.asarray(g_camids, jnp.int32)
   rows = []
-  for batch in batches:
+  for runtime, batch in [(r, b) for r in runtimes for b in batches]:
     starts = range(0, num_queries, batch)
+    if runtime == 'onnx':
+      logging.info('exporting the full forward and the 4 stages to ONNX')
+      fwd = bundle_lib.onnx_forward(bundle_lib.onnx_session(
+          bundle_lib.export_onnx(model, variables, (h, w))))
+      full = lambda v, x: fwd(x)['fused']
+      runner = anytime.OnnxStageRunner(model, variables, (h, w), batch)
+    else:
+      full = jax.jit(lambda v, x: model.apply(v, x, train=False)['fused'])
+      runner = anytime.StageRunner(model, variables, batch)  # compiled once
 
     def full_pass():
       for lo in starts:
@@ -132,8 +157,7 @@ def run(config, batches, budgets, routing='margin', num_queries=64,
             jnp.asarray(q_camids[lo:lo + batch], jnp.int32), gp, gc, 10))
     full_pass()  # compile
     full_s = _median_time(full_pass, repeats)
-    stage_ms = _stage_times(model, variables, x[:batch], repeats)
-    runner = anytime.StageRunner(model, variables, batch)  # compiled once
+    stage_ms = _stage_times(runner, x[:batch], repeats)
     for b, mode in [(b, m) for b in budgets for m in modes]:
       budget = costs[0] + b * (costs[-1] - costs[0]) if b <= 1 else b
       times, engine = [], None
@@ -168,6 +192,7 @@ def run(config, batches, budgets, routing='margin', num_queries=64,
           'budget': float(budget), 'budget_fraction': float(
               (budget - costs[0]) / (costs[-1] - costs[0])),
           'batch': batch, 'mode': mode, 'routing': routing,
+          'runtime': runtime,
           'mean_latency_ms': float(np.mean([a.latency_ms for a in answers])),
           'exit_fractions': (np.bincount(exit_q, minlength=len(costs)) /
                              len(exit_q)).tolist(),
@@ -184,11 +209,10 @@ def run(config, batches, budgets, routing='margin', num_queries=64,
   return rows
 
 
-def _stage_times(model, variables, x, repeats) -> list[float]:
-  """ms per image of each stage (with its head) at batch len(x), jitted
-  alone; the last includes the fusion."""
-  runner = anytime.StageRunner(model, variables, len(x))
-  carry, out, embs = jnp.asarray(runner.pad(x)), [], []
+def _stage_times(runner, x, repeats) -> list[float]:
+  """ms per image of each stage (with its head) at batch len(x), each run
+  alone on the runner; the last includes the fusion."""
+  carry, out, embs = runner.pad(x), [], []
   for s in range(1, 5):
     fn = lambda c=carry, s=s: jax.block_until_ready(runner.stage(s, c))
     nxt, e = fn()
@@ -211,7 +235,8 @@ def _median_time(fn, repeats) -> float:
   return float(np.median(times))
 
 
-COLUMNS = (('batch', 'batch', '{}'), ('mode', 'mode', '{}'),
+COLUMNS = (('runtime', 'runtime', '{}'), ('batch', 'batch', '{}'),
+           ('mode', 'mode', '{}'),
            ('budget', 'budget_fraction', '{:.2f}'),
            ('predicted', 'predicted_saving', '{:.3f}'),
            ('time-predicted', 'time_predicted_saving', '{:.3f}'),
@@ -231,7 +256,7 @@ def main(argv):
     rows = run(FLAGS.config, _ints('batch', FLAGS.batch),
                _floats('budgets', FLAGS.budgets), FLAGS.routing,
                FLAGS.queries, FLAGS.gallery, FLAGS.repeats,
-               _modes(FLAGS.modes))
+               _modes(FLAGS.modes), _runtimes(FLAGS.runtime))
   except errors.UserError as e:
     raise SystemExit(f'error: {e}') from None
   print(f'device: {jax.devices()[0].device_kind}, input '
@@ -242,7 +267,7 @@ def main(argv):
   for r in rows:
     split = ', '.join(f'{k} {v:.2f}' for k, v in sorted(
         r['time_split'].items(), key=lambda kv: -kv[1]))
-    print(f'  batch {r["batch"]} {r["mode"]}, budget '
+    print(f'  {r["runtime"]} batch {r["batch"]} {r["mode"]}, budget '
           f'{r["budget_fraction"]:.2f}: {split}')
   if FLAGS.json:
     reporting.write_json(FLAGS.json, {'rows': rows, 'date': time.strftime(

@@ -56,7 +56,7 @@ from dare_jax import reporting
 from dare_jax.budget import costs as costs_lib
 from dare_jax.models import dare
 
-RUNTIMES = ('jax', 'onnx')
+RUNTIMES = ('jax', 'onnx', 'torch')
 # A warning, not an error, above this: the row is still printed, flagged.
 AGREEMENT_WARN = 1e-3
 
@@ -132,7 +132,12 @@ def exit_latencies(config, batch: int, repeats: int,
     if 'onnx' in runtimes:
       ref = jax.device_get(fn(variables, x))
     for rt in runtimes:
-      if rt == 'jax':
+      if rt == 'torch':
+        if s < 4:
+          row['latency_ms_torch'] = row['latency_ms_min_torch'] = None
+          continue
+        med, low = _torch_time(config, x_host, repeats)
+      elif rt == 'jax':
         med, low = _time(lambda: jax.block_until_ready(fn(variables, x)),
                          repeats)
       else:
@@ -162,13 +167,20 @@ def exit_latencies(config, batch: int, repeats: int,
     row['latency_ms_min'] = row[f'latency_ms_min_{first}']
     if 'jax' in runtimes and 'onnx' in runtimes:
       row['onnx_over_jax'] = row['latency_ms_onnx'] / row['latency_ms_jax']
+    if 'torch' in runtimes:
+      for rt in ('jax', 'onnx'):
+        if rt in runtimes:
+          row[f'{rt}_over_torch'] = (
+              None if row['latency_ms_torch'] is None else
+              row[f'latency_ms_{rt}'] / row['latency_ms_torch'])
     rows.append(row)
   full = rows[-1]
   for r in rows:
     r['cost_fraction'] = r['macs'] / full['macs']
     for rt in runtimes:
-      r[f'latency_fraction_{rt}'] = (r[f'latency_ms_{rt}'] /
-                                     full[f'latency_ms_{rt}'])
+      r[f'latency_fraction_{rt}'] = (
+          None if r[f'latency_ms_{rt}'] is None else
+          r[f'latency_ms_{rt}'] / full[f'latency_ms_{rt}'])
     r['latency_fraction'] = r[f'latency_fraction_{runtimes[0]}']
   return rows
 
@@ -193,7 +205,31 @@ def columns(runtimes: Sequence[str]) -> tuple[tuple[str, str, str], ...]:
            for rt in runtimes]
   if 'onnx' in runtimes:
     cols.append(('onnx_vs_jax_maxrel', 'onnx_vs_jax_maxrel', '{:.1e}'))
+  if 'torch' in runtimes:
+    cols += [(f'{rt}/torch', f'{rt}_over_torch', '{:.2f}')
+             for rt in ('jax', 'onnx') if rt in runtimes]
   return tuple(cols)
+
+
+def _torch_time(config, x_BxHxWx3: np.ndarray, repeats: int):
+  """(median, min) seconds of PyTorch eager's eval forward of the same
+  architecture (references/torch_dare: torchvision's ResNet, the same exit
+  heads and fusion; its own random weights: time only, no agreement check),
+  NCHW float32, torch.inference_mode, torch's default threads."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from dare_jax.references import torch_dare  # pylint: disable=g-import-not-at-top
+  m = config.model
+  if m.backbone != 'resnet' or m.heads != 'dare':
+    raise errors.ConfigError('--runtime=torch times ResNet DaRe configs only.')
+  # depth 0: config.model.stage_sizes, the block picking 18 or 50's type.
+  depth = m.depth or (18 if m.block == 'basic' else 50)
+  net = torch_dare.build_model(
+      depth, width=m.width, head_hidden=m.head_hidden,
+      embedding_dim=m.embedding_dim,
+      stage_sizes=None if m.depth else tuple(m.stage_sizes)).eval()
+  x = torch.from_numpy(np.ascontiguousarray(x_BxHxWx3.transpose(0, 3, 1, 2)))
+  with torch.inference_mode():
+    return _time(lambda: net(x), repeats)
 
 
 def header(config, batch: int, runtimes: Sequence[str], threads: int) -> dict:

@@ -153,6 +153,80 @@ class StageRunner:
     return self._gather(tree, jnp.asarray(idx))
 
 
+def export_stage_onnx(model: dare.DaRe, variables, input_shape,
+                      s: int) -> bytes:
+  """Stage s of the eval forward as an ONNX model: input 'x' ['B', *shape]
+  (images for s = 1, else stage s-1's carry), outputs 'carry' and 'emb'."""
+  import jax2onnx  # pylint: disable=g-import-not-at-top
+  host = jax.device_get(variables)
+  model = model.clone(dtype=jnp.float32)
+
+  def fn(x):
+    out, carry = model.apply(host, x, train=False, first_exit=s, num_exits=s,
+                             return_carry=True)
+    return carry, out[dare.EXITS[s - 1]]
+  proto = jax2onnx.to_onnx(fn, [('B',) + tuple(input_shape)],
+                           model_name=f'dare_stage{s}', opset=18,
+                           input_names=['x'], output_names=['carry', 'emb'])
+  return proto.SerializeToString()
+
+
+class OnnxStageRunner(StageRunner):
+  """StageRunner's interface on onnxruntime: one ONNX model per stage
+  (exported here), host numpy arrays, the fusion and compaction in numpy.
+  onnxruntime takes any batch, so nothing compiles per bucket; batches are
+  still padded to buckets so both runtimes run the same shapes."""
+
+  def __init__(self, model: dare.DaRe, variables, input_hw,
+               max_batch: int = 64, threads: int = 0):
+    # pylint: disable=g-import-not-at-top
+    from dare_jax.inference import bundle as bundle_lib
+    # pylint: enable=g-import-not-at-top
+    self.model, self.variables = model, variables
+    self.buckets = buckets_up_to(max_batch)
+    self.traces = collections.Counter()
+    self._w = np.asarray(jax.device_get(variables['params']['fusion']),
+                         np.float32)
+    shape = tuple(input_hw) + (3,)
+    self._sessions = {}
+    for s in range(1, 5):
+      self._sessions[s] = bundle_lib.onnx_session(
+          export_stage_onnx(model, variables, shape, s), threads)
+      carry = jax.eval_shape(
+          lambda x, s=s: model.apply(variables, x, train=False, first_exit=s,
+                                     num_exits=s, return_carry=True)[1],
+          jax.ShapeDtypeStruct((1,) + shape, jnp.float32))
+      shape = carry.shape[1:]
+
+  def stage(self, s: int, x_or_carry):
+    carry, emb = self._sessions[s].run(
+        ['carry', 'emb'], {'x': np.ascontiguousarray(x_or_carry, np.float32)})
+    return carry, emb
+
+  def fuse(self, e1, e2, e3, e4):
+    return sum(self._w[s] * e for s, e in enumerate((e1, e2, e3, e4)))
+
+  def compact(self, tree, keep: Sequence[int]):
+    b = self.bucket(len(keep))
+    idx = np.full((b,), keep[0], np.int64)
+    idx[:len(keep)] = keep
+    return {k: np.asarray(v)[idx] for k, v in tree.items()}
+
+  def scatter(self, buffer, tree, rows: Sequence[int], at: int):
+    cap = self.buckets[-1]
+    if buffer is None:
+      buffer = {k: np.zeros((cap + 1,) + np.shape(v)[1:], np.asarray(v).dtype)
+                for k, v in tree.items()}
+    else:
+      buffer = {k: v.copy() for k, v in buffer.items()}
+    for k in buffer:
+      buffer[k][at:at + len(rows)] = np.asarray(tree[k])[list(rows)]
+    return buffer
+
+  def head(self, buffer):
+    return {k: v[:-1] for k, v in buffer.items()}
+
+
 class OnlineRouter:
   """budget/stream.route, one query at a time: at exit s the confidences
   seen so far, sorted descending; a query leaves when its confidence is at
@@ -243,7 +317,8 @@ class AnytimeEngine:
     if missing:
       raise errors.DataError(f'The gallery lacks {", ".join(missing)}; the '
                              f'engine answers with {", ".join(EXITS)}.')
-    # A runner (its compiled stages) can be shared by engines of one model.
+    # A runner (its compiled stages) can be shared by engines of one model;
+    # an OnnxStageRunner runs the stages in onnxruntime.
     self.runner = runner or StageRunner(model, variables, max_batch)
     self.gallery = {e: jnp.asarray(gallery[e], jnp.float32) for e in EXITS}
     self.g_pids = jnp.asarray(g_pids, jnp.int32)
@@ -310,8 +385,11 @@ class AnytimeEngine:
     qc = np.full((n,), -1, np.int32) if q_camids is None else np.asarray(
         q_camids, np.int32)
     x = self.runner.pad(np.asarray(x_NxHxWx3, np.float32))
-    return {'carry': jnp.asarray(x), 'pids': jnp.asarray(self.runner.pad(qp)),
-            'camids': jnp.asarray(self.runner.pad(qc))}
+    rows = {'carry': x, 'pids': self.runner.pad(qp),
+            'camids': self.runner.pad(qc)}
+    if isinstance(self.runner, OnnxStageRunner):
+      return rows  # host arrays
+    return {k: jnp.asarray(v) for k, v in rows.items()}
 
   def _run_exit(self, s: int, rows: dict):
     """Stage s's compute, its exit's statistics and their host copy:
