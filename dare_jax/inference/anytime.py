@@ -191,7 +191,8 @@ class OnnxStageRunner(StageRunner):
     self._sessions = {}
     for s in range(1, 5):
       self._sessions[s] = bundle_lib.onnx_session(
-          export_stage_onnx(model, variables, shape, s), threads)
+          export_stage_onnx(model, variables, shape, s), threads,
+          spin=False)
       carry = jax.eval_shape(
           lambda x, s=s: model.apply(variables, x, train=False, first_exit=s,
                                      num_exits=s, return_carry=True)[1],

@@ -146,15 +146,20 @@ def export_onnx(model: dare.DaRe, variables, input_hw,
   return proto.SerializeToString()
 
 
-def onnx_session(model: bytes | str, threads: int = 0):
+def onnx_session(model: bytes | str, threads: int = 0, spin: bool = True):
   """An onnxruntime CPU session of an ONNX model (bytes or a path); threads
-  0 = onnxruntime's default (one per core)."""
+  0 = onnxruntime's default (one per core). spin=False stops its threads
+  from spin-waiting after each run: needed when several sessions take turns
+  (the anytime stages), else an idle session's spinning threads take the
+  cores from the running one."""
   import onnxruntime as ort  # pylint: disable=g-import-not-at-top
   opts = ort.SessionOptions()
   # jax2onnx's intermediate shape annotations make onnxruntime warn while it
   # merges them (harmless, 'lenient merge'); keep its errors only.
   opts.log_severity_level = 3
   opts.intra_op_num_threads = threads
+  if not spin:
+    opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
   return ort.InferenceSession(model, sess_options=opts,
                               providers=['CPUExecutionProvider'])
 
