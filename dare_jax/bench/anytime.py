@@ -79,21 +79,12 @@ def _ints(flag, text) -> list[int]:
   return out
 
 
-def _modes(text) -> tuple[str, ...]:
+def _choices(flag: str, text: str, allowed) -> tuple[str, ...]:
   out = tuple(m.strip() for m in text.split(',') if m.strip())
-  bad = [m for m in out if m not in MODES]
+  bad = [m for m in out if m not in allowed]
   if bad or not out:
-    raise errors.ConfigError(f'--modes={text!r}: use a comma list of '
-                             f'{", ".join(MODES)}.')
-  return out
-
-
-def _runtimes(text) -> tuple[str, ...]:
-  out = tuple(m.strip() for m in text.split(',') if m.strip())
-  bad = [m for m in out if m not in RUNTIMES]
-  if bad or not out:
-    raise errors.ConfigError(f'--runtime={text!r}: use a comma list of '
-                             f'{", ".join(RUNTIMES)}.')
+    raise errors.ConfigError(f'--{flag}={text!r}: use a comma list of '
+                             f'{", ".join(allowed)}.')
   return out
 
 
@@ -256,7 +247,8 @@ def main(argv):
     rows = run(FLAGS.config, _ints('batch', FLAGS.batch),
                _floats('budgets', FLAGS.budgets), FLAGS.routing,
                FLAGS.queries, FLAGS.gallery, FLAGS.repeats,
-               _modes(FLAGS.modes), _runtimes(FLAGS.runtime))
+               _choices('modes', FLAGS.modes, MODES),
+               _choices('runtime', FLAGS.runtime, RUNTIMES))
   except errors.UserError as e:
     raise SystemExit(f'error: {e}') from None
   print(f'device: {jax.devices()[0].device_kind}, input '

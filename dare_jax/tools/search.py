@@ -20,7 +20,6 @@ ids (a labelled CSV). Nothing is overwritten without --overwrite.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -134,10 +133,8 @@ def search(bundle_path: str, gallery_spec: str, query_spec: str, *,
              for name, (idx, dist) in per_exit.items()]
   out = [r for rows in zip(*by_exit) for r in rows]  # a query's exits together
   if json_out:
-    tmp = json_out + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(out, f, indent=1)
-    os.replace(tmp, json_out)
+    from dare_jax import reporting  # pylint: disable=g-import-not-at-top
+    reporting.write_json(json_out, out)
   if figure:
     # pylint: disable=g-import-not-at-top
     from dare_jax.inference import figures

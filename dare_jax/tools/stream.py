@@ -22,7 +22,6 @@ summary as JSON, stderr the progress.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -157,10 +156,8 @@ def run_stream(bundle_path: str, gallery_spec: str, queries_spec: str, *,
                    for i, d in zip(a.results, a.distances)]}
       for a in answers], 'summary': summary}
   if json_out:
-    tmp = json_out + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(out, f, indent=1)
-    os.replace(tmp, json_out)
+    from dare_jax import reporting  # pylint: disable=g-import-not-at-top
+    reporting.write_json(json_out, out)
   return out
 
 
