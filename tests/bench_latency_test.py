@@ -49,9 +49,9 @@ def test_default_runtime_keeps_the_original_columns():
   assert latency.parse_runtimes('onnx, jax,onnx') == ('onnx', 'jax')
 
 
-@pytest.mark.parametrize('spec', ['jax,tensorrt', 'torch', '', ','])
+@pytest.mark.parametrize('spec', ['jax,tensorrt', 'tf', '', ','])
 def test_unknown_runtime_is_refused(spec):
-  with pytest.raises(errors.ConfigError, match=r'--runtime=.*jax, onnx'):
+  with pytest.raises(errors.ConfigError, match=r'--runtime=.*jax, onnx, torch'):
     latency.parse_runtimes(spec)
   with pytest.raises(errors.ConfigError, match='--runtime'):
     latency.exit_latencies(smoke.get_config(), 1, 1, runtimes=spec)
@@ -70,3 +70,16 @@ def test_max_relative_difference():
   assert latency.max_relative_difference(got, ref) == pytest.approx(0.25)
   with pytest.raises(errors.ConfigError, match='not the same model'):
     latency.max_relative_difference({'a': ref['a']}, ref)
+
+
+def test_torch_runtime_times_the_full_forward():
+  """--runtime=torch: PyTorch eager's full forward beside JAX's (the other
+  exits have no torch figure), ratios consistent."""
+  pytest.importorskip('torch')
+  rows = latency.exit_latencies(smoke.get_config(), batch=2, repeats=2,
+                                runtimes=('jax', 'torch'))
+  assert [r['latency_ms_torch'] is None for r in rows] == [True] * 3 + [False]
+  last = rows[-1]
+  assert last['latency_ms_torch'] > 0
+  np.testing.assert_allclose(last['jax_over_torch'],
+                             last['latency_ms_jax'] / last['latency_ms_torch'])
