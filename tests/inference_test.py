@@ -426,11 +426,14 @@ def test_stream_exits_equal_tools_budgeted_on_embed_features(
       stream.exit_fractions(costs, budget)))
   assert len(set(want.tolist())) >= 2
   sim, = stream.simulate(feats, anytime.EXITS, costs, [budget], routing)
-  for batch, mode in ((1, 'batch'), (16, 'batch'), (4, 'queued')):
+  runs = [(1, 'batch', 'jax'), (16, 'batch', 'jax'), (4, 'queued', 'jax')]
+  if routing == 'distance':
+    runs.append((8, 'queued', 'onnx'))
+  for batch, mode, runtime in runs:
     out = stream_tool.run_stream(
         bundle_dir, str(tmp_path / 'g.npz'), q_csv, budget=budget,
-        routing=routing, batch=batch, mode=mode, topk=3, progress=False,
-        json_out=str(tmp_path / f's{batch}{mode}.json'))
+        routing=routing, batch=batch, mode=mode, runtime=runtime, topk=3,
+        progress=False, json_out=str(tmp_path / f's{batch}{mode}.json'))
     got = [anytime.EXITS.index(r['exit']) for r in out['queries']]
     np.testing.assert_array_equal(got, want)
     assert [r['path'] for r in out['queries']] == list(q.inputs.paths)

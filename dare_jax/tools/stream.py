@@ -2,7 +2,8 @@ r"""Answers a stream of query images with real early exit (inference/anytime).
 
   python -m dare_jax.tools.stream BUNDLE --gallery=G --queries=Q \
       (--budget=B | --deadline-ms=T) [--routing=margin|distance|random] \
-      [--batch=16] [--mode=batch|queued] [--topk=10] [--seed=0] \
+      [--batch=16] [--mode=batch|queued] [--runtime=jax|onnx] \
+      [--topk=10] [--seed=0] \
       [--json=OUT] [--overwrite]
 
 G: a FEATURES.npz from tools/embed (its stage1, stage2, stage3 and fused
@@ -45,6 +46,9 @@ def define_flags() -> None:
                     "batch: a micro-batch's survivors continue together "
                     '(lowest latency); queued: survivors wait until --batch '
                     'of them fill the next stage (throughput; budget only).')
+  flags.DEFINE_enum('runtime', 'jax', ['jax', 'onnx'],
+                    'The stages in JAX, or in onnxruntime (each stage '
+                    'exported to ONNX at start-up; the fastest on a CPU).')
   flags.DEFINE_integer('topk', 10, 'Results per query.')
   flags.DEFINE_integer('seed', 0, 'The random routing draws.')
   flags.DEFINE_string('json', '', 'Write every answer here.')
@@ -54,7 +58,8 @@ def define_flags() -> None:
 
 def run_stream(bundle_path: str, gallery_spec: str, queries_spec: str, *,
                budget=None, deadline_ms=None, routing: str = 'margin',
-               batch: int = 16, mode: str = 'batch', topk: int = 10,
+               batch: int = 16, mode: str = 'batch', runtime: str = 'jax',
+               topk: int = 10,
                seed: int = 0,
                json_out: str = '', overwrite: bool = False,
                progress: bool = True) -> dict:
@@ -101,10 +106,14 @@ def run_stream(bundle_path: str, gallery_spec: str, queries_spec: str, *,
         'gallery.')
   costs = [b.exit_costs[e] for e in anytime.EXITS]
   labelled = queries.person is not None
+  if runtime not in ('jax', 'onnx'):
+    raise errors.ConfigError(f'--runtime={runtime!r}: use jax or onnx.')
+  runner = (anytime.OnnxStageRunner(b.model, b.variables, b.input_hw, batch)
+            if runtime == 'onnx' else None)
   engine = anytime.AnytimeEngine(
       b.model, b.variables, g.embeddings, g_pids, g_camids, costs,
       routing=routing, budget=budget, deadline_ms=deadline_ms, topk=topk,
-      max_batch=batch, seed=seed, keep_distances=labelled)
+      max_batch=batch, seed=seed, keep_distances=labelled, runner=runner)
   engine.warmup(b.input_hw)
   prog = images_lib.Progress(len(queries), 'stream') if progress else None
   answers = []
@@ -138,6 +147,7 @@ def run_stream(bundle_path: str, gallery_spec: str, queries_spec: str, *,
   }
   summary['seconds']['decoding'] = round(t_decode, 4)
   summary['mode'] = mode
+  summary['runtime'] = runtime
   summary['budget' if budget is not None else 'deadline_ms'] = (
       budget if budget is not None else deadline_ms)
   if labelled:
@@ -168,7 +178,8 @@ def main(argv):
   return cli.emit_json(lambda: run_stream(
       argv[1], FLAGS.gallery, FLAGS.queries, budget=FLAGS.budget,
       deadline_ms=FLAGS['deadline-ms'].value, routing=FLAGS.routing,
-      batch=FLAGS.batch, mode=FLAGS.mode, topk=FLAGS.topk, seed=FLAGS.seed,
+      batch=FLAGS.batch, mode=FLAGS.mode, runtime=FLAGS.runtime,
+      topk=FLAGS.topk, seed=FLAGS.seed,
       json_out=FLAGS.json, overwrite=FLAGS.overwrite)['summary'], indent=1)
 
 
