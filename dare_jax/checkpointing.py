@@ -18,7 +18,9 @@ import orbax.checkpoint as ocp
 from dare_jax.errors import CheckpointError
 
 # Fields of config.model that do not change the parameter tree.
-_NOT_ARCHITECTURE = ('pretrained', 'pretrained_heads', 'dtype',
+# Fields that do not change the parameters (conv1x1: how 1x1 convolutions
+# are computed) may differ between a checkpoint and the run restoring it.
+_NOT_ARCHITECTURE = ('pretrained', 'pretrained_heads', 'dtype', 'conv1x1',
                      'fusion_init_low',
                      'fusion_init_high', 'bn_momentum')
 

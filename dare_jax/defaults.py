@@ -35,6 +35,9 @@ def get_config():
   # Compute dtype, 'float32' or 'bfloat16' (mixed precision: parameters,
   # BatchNorm statistics, pooling, embeddings and the loss stay float32).
   c.model.dtype = 'float32'
+  # 1x1 convolutions as matmuls: 'auto' = on the CPU (XLA:CPU's 1x1 conv
+  # gradients are slow), nn.Conv on accelerators; parameters are the same.
+  c.model.conv1x1 = 'auto'
   # Weights file (torchvision .pth, or .npz with PyTorch names; see
   # dare_jax/models/weights.py) for the backbone; the exit heads and fusion
   # start fresh unless pretrained_heads (the file is a whole DaRe, e.g. the

@@ -279,3 +279,33 @@ def test_stage_continuation_equals_the_full_forward(backbone):
   embs['fused'] = dare.fuse(v, embs)
   for k in dare.EMBEDDINGS:
     np.testing.assert_allclose(embs[k], want[k], rtol=1e-6, atol=1e-6)
+
+
+def test_conv1x1_as_dot_changes_no_parameter_and_no_value():
+  """model.conv1x1='dot' (resnet.Conv1x1): the same parameter tree and init
+  as nn.Conv, the same forward (1e-5) and gradients (1e-4), stride 2 too."""
+  kw = dict(block='bottleneck', stage_sizes=(1, 1, 1, 1), width=4,
+            head_hidden=16, embedding_dim=8)
+  conv, dot = dare.DaRe(**kw), dare.DaRe(conv1x1_dot=True, **kw)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 32, 3)),
+                  jnp.float32)
+  v_conv = conv.init(jax.random.key(3), x, train=False)
+  v_dot = dot.init(jax.random.key(3), x, train=False)
+  jax.tree.map(np.testing.assert_array_equal, v_conv, v_dot)  # same init
+  for k, e in dot.apply(v_conv, x, train=False).items():
+    np.testing.assert_allclose(e, conv.apply(v_conv, x, train=False)[k],
+                               rtol=1e-5, atol=1e-5)
+
+  def loss(model, params):  # eval-mode BN: train-mode BN over 2 images x
+    # 2x1 pixels at stage 4 would amplify rounding, not test the convs
+    out = model.apply({'params': params,
+                       'batch_stats': v_conv['batch_stats']}, x, train=False)
+    return sum(jnp.sum(e**2) for e in out.values())
+  g_conv = jax.grad(lambda p: loss(conv, p))(v_conv['params'])
+  g_dot = jax.grad(lambda p: loss(dot, p))(v_conv['params'])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max() + 1e-12)), g_dot,
+               g_conv)
+  assert dare.conv1x1_dot('auto') == (jax.default_backend() == 'cpu')
+  with pytest.raises(ValueError, match="model.conv1x1='matmul'"):
+    dare.conv1x1_dot('matmul')

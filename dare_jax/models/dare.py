@@ -69,6 +69,8 @@ class DaRe(nn.Module):
   # (synchronised BN under shard_map); None on a single un-mapped device.
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
+  # ResNet 1x1 convolutions as dots (resnet.Conv1x1; parameters unchanged).
+  conv1x1_dot: bool = False
   # TriNet (Hermans et al. 2017), the anytime baseline's members: the same
   # backbone with the stage-4 head only, {'stage4': [B, D]}, no fusion.
   trinet: bool = False
@@ -97,7 +99,8 @@ class DaRe(nn.Module):
                               norm=norm, dtype=self.dtype, name='backbone')
     else:
       net = resnet.ResNet(self.block, self.stage_sizes, self.width, norm=norm,
-                          dtype=self.dtype, name='backbone')
+                          dtype=self.dtype, dot_1x1=self.conv1x1_dot,
+                          name='backbone')
     maps, carry = net(x.astype(self.dtype), num_stages=num_exits,
                       first_stage=first_exit, return_carry=True)
     out = {}
@@ -136,6 +139,7 @@ def embedding_names(model_cfg) -> tuple[str, ...]:
 def check_config(model_cfg) -> None:
   """Every config.model check (configlib.validate calls it first)."""
   _backbone_layout(model_cfg)
+  conv1x1_dot(model_cfg.get('conv1x1', 'auto'))
   if model_cfg.dtype not in ('float32', 'bfloat16'):
     raise ConfigError(
         f"model.dtype={model_cfg.dtype!r}: use 'float32' or 'bfloat16' "
@@ -174,4 +178,20 @@ def from_config(model_cfg, bn_axis_name: Optional[str] = None) -> DaRe:
               bn_momentum=model_cfg.bn_momentum,
               bn_epsilon=model_cfg.bn_epsilon, bn_axis_name=bn_axis_name,
               dtype=jnp.dtype(model_cfg.dtype),
+              conv1x1_dot=conv1x1_dot(model_cfg.get('conv1x1', 'auto')),
               trinet=model_cfg.heads == 'trinet')
+
+
+CONV1X1 = ('auto', 'conv', 'dot')
+
+
+def conv1x1_dot(choice: str) -> bool:
+  """config.model.conv1x1: 'dot' (resnet.Conv1x1), 'conv' (nn.Conv), or
+  'auto': dot where JAX's default backend is the CPU (where XLA's 1x1
+  convolution gradients are slow), conv on accelerators (unchanged)."""
+  if choice not in CONV1X1:
+    raise ConfigError(f"model.conv1x1={choice!r}: use 'auto', 'conv' or "
+                      "'dot'.")
+  if choice == 'auto':
+    return jax.default_backend() == 'cpu'
+  return choice == 'dot'

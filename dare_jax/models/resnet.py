@@ -34,7 +34,28 @@ EXPANSION = {'basic': 1, 'bottleneck': 4}
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def _conv(features, kernel, strides, name, dtype):
+class Conv1x1(nn.Module):
+  """A 1x1 convolution (no padding, no bias) as the matmul it is: the same
+  parameter as nn.Conv's ('kernel', [1, 1, C_in, C_out], the same init), so
+  checkpoints and weight imports are unchanged. XLA:CPU computes the kernel
+  gradient of a 1x1 nn.Conv far slower than the same product as a dot
+  (bench/conv_gradients); a stride s is the subsampling x[:, ::s, ::s]."""
+  features: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', conv_init,
+                        (1, 1, x.shape[-1], self.features))
+    if self.strides > 1:
+      x = x[:, ::self.strides, ::self.strides]
+    return jnp.dot(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+
+
+def _conv(features, kernel, strides, name, dtype, dot_1x1: bool = False):
+  if kernel == 1 and dot_1x1:
+    return Conv1x1(features, strides, dtype, name=name)
   pad = (kernel - 1) // 2
   return nn.Conv(features, (kernel, kernel), (strides, strides),
                  padding=((pad, pad), (pad, pad)), use_bias=False,
@@ -47,6 +68,7 @@ class BasicBlock(nn.Module):
   downsample: bool
   norm: ModuleDef
   dtype: Any = jnp.float32
+  dot_1x1: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -55,7 +77,8 @@ class BasicBlock(nn.Module):
     y = _conv(self.filters, 3, 1, 'conv2', self.dtype)(y)
     y = self.norm(name='bn2')(y)
     if self.downsample:
-      x = _conv(self.filters, 1, self.strides, 'downsample_conv', self.dtype)(x)
+      x = _conv(self.filters, 1, self.strides, 'downsample_conv', self.dtype,
+                self.dot_1x1)(x)
       x = self.norm(name='downsample_bn')(x)
     return nn.relu(y + x)
 
@@ -66,18 +89,19 @@ class Bottleneck(nn.Module):
   downsample: bool
   norm: ModuleDef
   dtype: Any = jnp.float32
+  dot_1x1: bool = False
 
   @nn.compact
   def __call__(self, x):
-    y = _conv(self.filters, 1, 1, 'conv1', self.dtype)(x)
+    y = _conv(self.filters, 1, 1, 'conv1', self.dtype, self.dot_1x1)(x)
     y = nn.relu(self.norm(name='bn1')(y))
     y = _conv(self.filters, 3, self.strides, 'conv2', self.dtype)(y)
     y = nn.relu(self.norm(name='bn2')(y))
-    y = _conv(self.filters * 4, 1, 1, 'conv3', self.dtype)(y)
+    y = _conv(self.filters * 4, 1, 1, 'conv3', self.dtype, self.dot_1x1)(y)
     y = self.norm(name='bn3')(y)
     if self.downsample:
       x = _conv(self.filters * 4, 1, self.strides, 'downsample_conv',
-                self.dtype)(x)
+                self.dtype, self.dot_1x1)(x)
       x = self.norm(name='downsample_bn')(x)
     return nn.relu(y + x)
 
@@ -107,6 +131,8 @@ class ResNet(nn.Module):
   width: int = 64
   norm: Callable[..., nn.Module] = nn.BatchNorm
   dtype: Any = jnp.float32
+  # 1x1 convolutions as dots (Conv1x1): the same parameters, faster on CPU.
+  dot_1x1: bool = False
 
   @nn.compact
   def __call__(self, x, num_stages: int = 4, first_stage: int = 1,
@@ -132,7 +158,7 @@ class ResNet(nn.Module):
         x = block_cls(filters, strides, downsample=(strides != 1 or
                                                     in_ch != out_ch),
                       norm=self.norm, dtype=self.dtype,
-                      name=f'layer{s + 1}_{b}')(x)
+                      dot_1x1=self.dot_1x1, name=f'layer{s + 1}_{b}')(x)
         in_ch = out_ch
       maps.append(x)
     return (maps, x) if return_carry else maps
