@@ -40,6 +40,7 @@ import numpy as np
 from dare_jax import bench
 from dare_jax import errors
 from dare_jax import reporting
+from dare_jax.bench import latency
 from dare_jax.budget import costs as costs_lib
 from dare_jax.inference import anytime
 from dare_jax.inference import bundle as bundle_lib
@@ -147,7 +148,7 @@ def run(config, batches, budgets, routing='margin', num_queries=64,
             emb, g_dev['fused'], jnp.asarray(q_pids[lo:lo + batch], jnp.int32),
             jnp.asarray(q_camids[lo:lo + batch], jnp.int32), gp, gc, 10))
     full_pass()  # compile
-    full_s = _median_time(full_pass, repeats)
+    full_s = _median_seconds(full_pass, repeats)
     stage_ms = _stage_times(runner, x[:batch], repeats)
     for b, mode in [(b, m) for b in budgets for m in modes]:
       budget = costs[0] + b * (costs[-1] - costs[0]) if b <= 1 else b
@@ -200,6 +201,12 @@ def run(config, batches, budgets, routing='margin', num_queries=64,
   return rows
 
 
+def _median_seconds(fn, repeats: int) -> float:
+  """The median of repeats timed runs of an already warm fn
+  (bench/latency's timer, without its warm-up runs)."""
+  return latency._time(fn, repeats, warmup=0)[0]  # pylint: disable=protected-access
+
+
 def _stage_times(runner, x, repeats) -> list[float]:
   """ms per image of each stage (with its head) at batch len(x), each run
   alone on the runner; the last includes the fusion."""
@@ -212,18 +219,9 @@ def _stage_times(runner, x, repeats) -> list[float]:
       fn = lambda c=carry: jax.block_until_ready(
           runner.fuse(*embs[:3], runner.stage(4, c)[1]))
     fn()
-    out.append(1e3 * _median_time(fn, max(3, repeats)) / len(carry))
+    out.append(1e3 * _median_seconds(fn, max(3, repeats)) / len(carry))
     carry = nxt
   return out
-
-
-def _median_time(fn, repeats) -> float:
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 COLUMNS = (('runtime', 'runtime', '{}'), ('batch', 'batch', '{}'),

@@ -157,7 +157,9 @@ def export_stage_onnx(model: dare.DaRe, variables, input_shape,
                       s: int) -> bytes:
   """Stage s of the eval forward as an ONNX model: input 'x' ['B', *shape]
   (images for s = 1, else stage s-1's carry), outputs 'carry' and 'emb'."""
-  import jax2onnx  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from dare_jax.inference import bundle as bundle_lib
+  # pylint: enable=g-import-not-at-top
   host = jax.device_get(variables)
   model = model.clone(dtype=jnp.float32)
 
@@ -165,10 +167,8 @@ def export_stage_onnx(model: dare.DaRe, variables, input_shape,
     out, carry = model.apply(host, x, train=False, first_exit=s, num_exits=s,
                              return_carry=True)
     return carry, out[dare.EXITS[s - 1]]
-  proto = jax2onnx.to_onnx(fn, [('B',) + tuple(input_shape)],
-                           model_name=f'dare_stage{s}', opset=18,
-                           input_names=['x'], output_names=['carry', 'emb'])
-  return proto.SerializeToString()
+  return bundle_lib.to_onnx(fn, input_shape, f'dare_stage{s}',
+                            ('carry', 'emb'))
 
 
 class OnnxStageRunner(StageRunner):
@@ -356,7 +356,7 @@ class AnytimeEngine:
       rows = {'carry': jnp.zeros((b, h, w, 3), jnp.float32), 'pids': ids,
               'camids': ids}
       for s in range(len(EXITS)):
-        stage = s + 1 if s < len(EXITS) - 1 else 4
+        stage = s + 1  # 'fused' (s = 3) follows stage 4
         rows['carry'], emb = self.runner.stage(stage, rows['carry'])
         rows[f'e{stage}'] = emb
         if s == len(EXITS) - 1:
@@ -395,7 +395,7 @@ class AnytimeEngine:
   def _run_exit(self, s: int, rows: dict):
     """Stage s's compute, its exit's statistics and their host copy:
     (rows with the new carry and embedding, (d1, d2, idx, dist, dist_all))."""
-    stage = s + 1 if s < len(EXITS) - 1 else 4
+    stage = s + 1  # 'fused' (s = 3) follows stage 4
     b = len(rows['carry'])
     ts = time.perf_counter()
     rows = dict(rows)
@@ -438,7 +438,7 @@ class AnytimeEngine:
     alive = list(range(n))  # rows of the original batch, arrival order
     answers: dict[int, Answer] = {}
     for s in range(len(EXITS)):
-      stage = s + 1 if s < len(EXITS) - 1 else 4
+      stage = s + 1  # 'fused' (s = 3) follows stage 4
       if self.deadline_ms is not None and s > 0:
         est = self._stage_ms.get((stage, len(rows['carry'])))
         if est is not None and (1e3 * (time.perf_counter() - t0) + est >

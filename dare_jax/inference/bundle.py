@@ -129,7 +129,6 @@ def export_onnx(model: dare.DaRe, variables, input_hw,
   them. The variables become constants of the graph; the model is exported
   in float32 whatever its compute dtype.
   """
-  import jax2onnx  # pylint: disable=g-import-not-at-top
   h, w = input_hw
   model = model.clone(dtype=jnp.float32)
   host = jax.device_get(variables)
@@ -140,9 +139,19 @@ def export_onnx(model: dare.DaRe, variables, input_hw,
   def fn(x_BxHxWx3):
     out = model.apply(host, x_BxHxWx3, train=False, num_exits=num_exits)
     return tuple(out[k] for k in names)
-  proto = jax2onnx.to_onnx(fn, [('B', h, w, 3)], model_name='dare',
-                           opset=ONNX_OPSET, input_names=[ONNX_INPUT],
-                           output_names=list(names))
+  return to_onnx(fn, (h, w, 3), 'dare', names)
+
+
+def to_onnx(fn: Callable, input_shape, model_name: str,
+            output_names) -> bytes:
+  """fn(x) -> a tuple of arrays as a serialised ONNX model (jax2onnx):
+  input ONNX_INPUT float32 ['B', *input_shape] (a dynamic batch), the
+  outputs named output_names, opset ONNX_OPSET."""
+  import jax2onnx  # pylint: disable=g-import-not-at-top
+  proto = jax2onnx.to_onnx(fn, [('B',) + tuple(input_shape)],
+                           model_name=model_name, opset=ONNX_OPSET,
+                           input_names=[ONNX_INPUT],
+                           output_names=list(output_names))
   return proto.SerializeToString()
 
 

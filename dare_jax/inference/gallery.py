@@ -173,10 +173,6 @@ def check_exits(requested: str, bundle) -> tuple[str, ...]:
   return (requested,)
 
 
-def _default_chunk(num_g: int) -> int:
-  return int(max(1, min(4096, (1 << 24) // max(num_g, 1))))
-
-
 def search(q_QxD: np.ndarray, g_GxD: np.ndarray, topk: int, *,
            metric: str = 'euclidean', normalize: bool = False,
            rerank: Optional[dict] = None, chunk: Optional[int] = None
@@ -204,7 +200,7 @@ def search(q_QxD: np.ndarray, g_GxD: np.ndarray, topk: int, *,
                                       **rerank)
     chunks = [(0, num_q, dist)]
   else:
-    c = chunk or _default_chunk(num_g)
+    c = chunk or metrics._default_chunk(num_q, num_g)  # pylint: disable=protected-access
     chunks = ((lo, min(num_q, lo + c), None) for lo in range(0, num_q, c))
   idx, dist_out = [], []
   for lo, hi, d in chunks:
