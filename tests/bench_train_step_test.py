@@ -165,3 +165,27 @@ def test_table_prints_every_row_and_na():
   cells = lines[2].split()
   assert cells[:2] == ['device', 'float32'] and 'n/a' in cells
   assert '2' in cells and '3' in cells and math.isfinite(float(cells[4]))
+
+
+def test_profile_groups_trace_events_by_the_hlo_they_ran():
+  from dare_jax.bench import profile_step  # pylint: disable=g-import-not-at-top
+  hlo = '\n'.join([
+      '  %dot.3 = f32[64,128]{1,0} dot(%a, %b), metadata={op_name="jit(f)/'
+      'transpose(jvp(Conv1x1))/dot_general"}',
+      '  %dot.4 = f32[64,128]{1,0} dot(%a, %b), metadata={op_name="jit(f)/'
+      'transpose(jvp(Conv1x1))/dot_general"}',
+      '  ROOT %add_fusion.12 = f32[8]{0} fusion(%x), kind=kLoop, '
+      'metadata={op_name="jit(f)/add"}'])
+  ins = profile_step.hlo_instructions(hlo)
+  assert set(ins) == {'dot.3', 'dot.4', 'add_fusion.12'}
+  events = [{'ph': 'X', 'name': 'dot.3', 'dur': 3000},
+            {'ph': 'X', 'name': 'dot.4', 'dur': 1000},
+            {'ph': 'X', 'name': 'add_fusion.12', 'dur': 500},
+            {'ph': 'X', 'name': 'ThunkExecutor', 'dur': 9e9},  # not HLO
+            {'ph': 'i', 'name': 'dot.3', 'dur': 9e9}]  # not a complete event
+  rows = profile_step.group_trace(events, ins, steps=2)
+  assert rows == [
+      dict(kind='dot', **{'pass': 'bwd'}, primitive='dot_general',
+           shape='f32[64,128]', ms=2.0, count=1),
+      dict(kind='add_fusion', **{'pass': 'fwd'}, primitive='add', shape='',
+           ms=0.25, count=0)]
