@@ -67,6 +67,9 @@ def get_config():
   c.train.num_steps = 60000
   c.train.P = 18  # identities per batch
   c.train.K = 4  # images per identity
+  # 'epoch': every identity once per epoch, short ones padded to K (the
+  # authors' Datasets.py); 'random': P identities afresh each step.
+  c.train.sampler = 'epoch'
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
   c.train.log_every = 100

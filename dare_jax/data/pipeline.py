@@ -40,11 +40,13 @@ class TrainPlanner:
 
   Returns dict(index int64 [B], crop_yx int32 [B, 2], flip bool [B],
   erase float32 [B, 4]); a pure function of (spec.seed, step), the pids and
-  the spec (P, K, sizes, augmentation), which was checked when it was built.
+  the spec (P, K, sampler, sizes, augmentation), which was checked when it
+  was built.
   """
 
   def __init__(self, pids_N, spec: spec_lib.TrainInput):
-    self.sampler = sampler.PKSampler(pids_N, spec.P, spec.K, spec.seed)
+    self.sampler = sampler.PKSampler(pids_N, spec.P, spec.K, spec.seed,
+                                     spec.sampler)
     self.spec = spec
 
   @property

@@ -21,6 +21,7 @@ from typing import Iterator, Optional, Protocol, Sequence, runtime_checkable
 
 from dare_jax import errors
 from dare_jax.data import augment
+from dare_jax.data import sampler as sampler_lib
 from dare_jax.data.types import Split
 
 PIPELINES = ('tf', 'numpy')
@@ -116,6 +117,9 @@ class TrainInput(ImageSize, Augmentation):
 
   Besides ImageSize's and Augmentation's fields:
     P, K, seed: the P x K sampler (sampler.PKSampler) and the plan's seed.
+    sampler: train.sampler, the PKSampler kind: 'epoch' (every identity
+      once per epoch, as the authors) or 'random' (P identities afresh each
+      step); see sampler.py.
     num_steps: the step after the last (train.num_steps).
     prefetch: batches prepared ahead (data.prefetch).
     cache_limit_bytes: the numpy pipeline decodes train files up front when
@@ -126,10 +130,12 @@ class TrainInput(ImageSize, Augmentation):
   K: int
   seed: int
   num_steps: int
+  sampler: str = 'epoch'
   prefetch: int = 4
   cache_limit_bytes: Optional[int] = None
 
   def __post_init__(self):
+    sampler_lib.check_kind(self.sampler)
     ImageSize.__post_init__(self)
     Augmentation.__post_init__(self)
     _set(self, P=int(self.P), K=int(self.K), seed=int(self.seed),
@@ -145,10 +151,12 @@ class TrainInput(ImageSize, Augmentation):
 
   @classmethod
   def from_config(cls, config) -> TrainInput:
-    """From the whole config: seed, train.P/K/num_steps and data.*."""
+    """From the whole config: seed, train.P/K/sampler/num_steps and
+    data.*."""
     d, t = config.data, config.train
     return TrainInput(
         P=t.P, K=t.K, seed=config.seed, num_steps=t.num_steps,
+        sampler=t.sampler,
         input_hw=tuple(d.input_size), resize_factor=d.resize_factor,
         hflip=d.hflip, random_erasing=d.random_erasing,
         erasing_p=d.erasing_p, erasing_area=tuple(d.erasing_area),
@@ -250,6 +258,12 @@ def check_dataset(data_cfg) -> None:
   elif d.source not in SOURCES:
     raise errors.ConfigError(
         f"data.source={d.source!r}: use 'folder' or 'tfds'.")
+
+
+def check_train(train_cfg) -> None:
+  """The config.train fields the input owns (train.sampler); raises
+  ConfigError. TrainInput checks the same when it is built."""
+  sampler_lib.check_kind(train_cfg.sampler)
 
 
 def check_config(data_cfg) -> None:
