@@ -53,7 +53,7 @@ def test_every_embedding_matches_the_reference(metric, normalize, ap):
   assert list(got) == ['early', 'late']
   for name in got:
     want = _reference(feats, name, metric, normalize, ap)
-    for key in ('rank1', 'rank5', 'rank10', 'mAP'):
+    for key in ('rank1', 'rank5', 'rank10', 'mAP', 'mINP'):
       assert got[name][key] == pytest.approx(want[key], abs=1e-6), key
     assert got[name]['num_valid_queries'] == want['num_valid_queries']
     assert want['num_valid_queries'] < len(feats['query_pids'])
@@ -98,9 +98,10 @@ def test_cli_prints_one_json_object(tmp_path):
   out = json.loads(proc.stdout)
   assert set(out) == {'early', 'late'}
   for name, r in out.items():
-    assert set(r) == {'rank1', 'rank5', 'rank10', 'mAP', 'num_valid_queries'}
+    assert set(r) == {'rank1', 'rank5', 'rank10', 'mAP', 'mINP',
+                      'num_valid_queries'}
     want = _reference(feats, name, 'cosine', False, 'standard')
-    for key in ('rank1', 'rank5', 'rank10', 'mAP'):
+    for key in ('rank1', 'rank5', 'rank10', 'mAP', 'mINP'):
       assert r[key] == pytest.approx(want[key], abs=1e-6)
   bad = _cli(str(tmp_path / 'missing.npz'))
   assert bad.returncode == 1 and bad.stdout == ''
@@ -128,5 +129,5 @@ def test_cli_rerank_matches_the_authors_algorithm(tmp_path):
   out = json.loads(proc.stdout)
   for name, r in out.items():
     want = _reranked_reference(feats, name, 8, 3, 0.2)
-    for key in ('rank1', 'rank5', 'rank10', 'mAP'):
+    for key in ('rank1', 'rank5', 'rank10', 'mAP', 'mINP'):
       assert r[key] == pytest.approx(want[key], abs=1e-6), (name, key)

@@ -53,6 +53,16 @@ def _average_precision(hit_ranks: Sequence[int], ap: str) -> float:
   return total
 
 
+def _inverse_negative_penalty(hit_ranks: Sequence[int]) -> float:
+  """INP (Ye et al. 2020): the number of hits over the 1-based rank (among
+  the remaining gallery) of the last, hardest, hit."""
+  hardest = 0
+  for r in hit_ranks:
+    if r > hardest:
+      hardest = r
+  return len(hit_ranks) / hardest
+
+
 def _same_camera(a, b) -> bool:
   """Camera -1 is unknown: it is never the same camera as anything."""
   if a == -1 or b == -1:
@@ -66,13 +76,14 @@ def evaluate_per_query(dist_QxG, q_pids, q_camids, g_pids, g_camids, *,
 
   Returns:
     {'first_hit_rank': int [Q] (0-based among the remaining gallery, -1 when
-     invalid), 'ap': float64 [Q] (0 when invalid), 'num_good': int [Q],
-     'valid': bool [Q]}.
+     invalid), 'ap': float64 [Q] (0 when invalid), 'inp': float64 [Q] (0 when
+     invalid), 'num_good': int [Q], 'valid': bool [Q]}.
   """
   dist_QxG = np.asarray(dist_QxG)
   num_q = dist_QxG.shape[0]
   first = np.full((num_q,), -1, np.int64)
   aps = np.zeros((num_q,), np.float64)
+  inps = np.zeros((num_q,), np.float64)
   num_good = np.zeros((num_q,), np.int64)
   for i in range(num_q):
     order = np.argsort(dist_QxG[i], kind='stable')
@@ -90,13 +101,14 @@ def evaluate_per_query(dist_QxG, q_pids, q_camids, g_pids, g_camids, *,
     if hit_ranks:
       first[i] = hit_ranks[0] - 1
       aps[i] = _average_precision(hit_ranks, ap)
-  return {'first_hit_rank': first, 'ap': aps, 'num_good': num_good,
-          'valid': num_good > 0}
+      inps[i] = _inverse_negative_penalty(hit_ranks)
+  return {'first_hit_rank': first, 'ap': aps, 'inp': inps,
+          'num_good': num_good, 'valid': num_good > 0}
 
 
 def evaluate(dist_QxG, q_pids, q_camids, g_pids, g_camids, *,
              ranks: Sequence[int] = (1, 5, 10), ap: str = 'market') -> dict:
-  """CMC rank-k and mAP over the valid queries, as evaluate_ranking."""
+  """CMC rank-k, mAP and mINP over the valid queries, as evaluate_ranking."""
   per_query = evaluate_per_query(dist_QxG, q_pids, q_camids, g_pids, g_camids,
                                  ap=ap)
   valid = per_query['valid']
@@ -112,6 +124,8 @@ def evaluate(dist_QxG, q_pids, q_camids, g_pids, g_camids, *,
     out[f'rank{k}'] = hits / num_valid
   out['mAP'] = float(sum(a for a, v in zip(per_query['ap'], valid) if v) /
                      num_valid)
+  out['mINP'] = float(sum(x for x, v in zip(per_query['inp'], valid) if v) /
+                      num_valid)
   out['num_valid_queries'] = num_valid
   out['num_queries'] = len(valid)
   return out

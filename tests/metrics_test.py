@@ -49,6 +49,10 @@ AP_MARKET = [
 ]
 AP_STANDARD = [0.5 * (1 / 2 + 2 / 4), 0.25 * (1 + 1 + 3 / 4 + 4 / 6), 0.0,
                1 / 2, 1.0]
+# INP = num_good / (rank of the last good image, 1-based among the remaining
+# gallery): q0 2 / 4 (in the unfiltered ranking the last hit is 7th), q1
+# 4 / 6, q2 not valid, q3 1 / 2, q4 3 / 3.
+INP = [2 / 4, 4 / 6, 0.0, 1 / 2, 1.0]
 
 
 @pytest.fixture(params=[True, False], ids=['radix', 'argsort'])
@@ -67,6 +71,7 @@ def test_hand_made_per_query(sort_path):
     np.testing.assert_array_equal(out['num_good'], [2, 4, 0, 1, 3])
     np.testing.assert_array_equal(out['valid'], [1, 1, 0, 1, 1])
     np.testing.assert_allclose(out['ap'], expected, rtol=1e-6)
+    np.testing.assert_allclose(out['inp'], INP, rtol=1e-6)
 
 
 def test_hand_made_literals():
@@ -92,11 +97,14 @@ def test_hand_made_summary(query_chunk):
                                       ap='standard', query_chunk=query_chunk)
   # (1/2 + 41/48 + 1/2 + 1) / 4 = 137/192.
   assert standard['mAP'] == pytest.approx(137 / 192, abs=1e-6)
-  assert set(out) == {'rank1', 'rank2', 'rank5', 'rank10', 'mAP',
+  # (1/2 + 2/3 + 1/2 + 1) / 4 = 2/3, whichever AP.
+  assert out['mINP'] == pytest.approx(2 / 3, abs=1e-6)
+  assert standard['mINP'] == pytest.approx(2 / 3, abs=1e-6)
+  assert set(out) == {'rank1', 'rank2', 'rank5', 'rank10', 'mAP', 'mINP',
                       'num_valid_queries', 'num_queries'}
   for key in ('num_valid_queries', 'num_queries'):
     assert type(out[key]) is int
-  for key in ('rank1', 'mAP'):
+  for key in ('rank1', 'mAP', 'mINP'):
     assert type(out[key]) is float
 
 
@@ -113,6 +121,43 @@ def test_hand_made_matches_reference():
                                   [1, 0, -1, 1, 0])
     np.testing.assert_allclose(per_query['ap'],
                                AP_MARKET if ap == 'market' else AP_STANDARD)
+    np.testing.assert_allclose(per_query['inp'], INP)
+
+
+def test_inp_counts_kept_ranks_by_hand(sort_path):
+  # q0 (pid 1, cam 0), gallery by distance: 0 good (r=1), 1 junk (removed),
+  # 2 negative (r=2), 3 pid 1 on cam 0 (removed), 4 distractor (r=3), 5 good
+  # (r=4), 6 pid 1 on cam 0 (removed, after the last good). INP = 2 / 4; from
+  # the unfiltered ranking it would be 2 / 6, from 0-based ranks 2 / 3.
+  # q1 (pid 1, cam 2) sees the same gallery reversed: 6 good (r=1), 5 on its
+  # own camera (removed), 4 (r=2), 3 good (r=3), 2 (r=4), 1 junk (removed),
+  # 0 good (r=5): INP = 3 / 5.
+  # q2 (pid 9) has no match: not valid, INP 0, left out of mINP.
+  del sort_path
+  g_pids = np.array([1, -1, 2, 1, 0, 1, 1])
+  g_cams = np.array([1, 0, 0, 0, 1, 2, 0])
+  row = np.arange(7, dtype=np.float32)
+  dist = np.stack([row, 6 - row, row])
+  q_pids, q_cams = np.array([1, 1, 9]), np.array([0, 2, 0])
+  got = metrics.evaluate_per_query(dist, q_pids, q_cams, g_pids, g_cams)
+  np.testing.assert_allclose(got['inp'], [2 / 4, 3 / 5, 0.0], rtol=1e-6)
+  np.testing.assert_array_equal(got['valid'], [1, 1, 0])
+  summary = metrics.summarize(got)
+  assert summary['mINP'] == pytest.approx((2 / 4 + 3 / 5) / 2, abs=1e-6)
+  want = ref.evaluate_per_query(dist, q_pids, q_cams, g_pids, g_cams)
+  np.testing.assert_allclose(want['inp'], [2 / 4, 3 / 5, 0.0])
+
+
+def test_summarize_without_inp_and_empty_inputs():
+  # A per-query dict assembled from the older keys alone (e.g. combined from
+  # several exits) still summarises; it has no mINP.
+  per_query = metrics.evaluate_per_query(DIST, Q_PIDS, Q_CAMS, G_PIDS, G_CAMS)
+  del per_query['inp']
+  out = metrics.summarize(per_query)
+  assert 'mINP' not in out and out['mAP'] == pytest.approx(1161 / 1920)
+  empty = metrics.evaluate_per_query(np.zeros((2, 0), np.float32), Q_PIDS[:2],
+                                     Q_CAMS[:2], [], [])
+  np.testing.assert_array_equal(empty['inp'], [0.0, 0.0])
 
 
 # ----------------------------------------------------------------------------
@@ -142,6 +187,7 @@ def _assert_per_query_equal(got, expected):
   np.testing.assert_array_equal(got['first_hit_rank'],
                                 expected['first_hit_rank'])
   np.testing.assert_allclose(got['ap'], expected['ap'], atol=1e-6)
+  np.testing.assert_allclose(got['inp'], expected['inp'], atol=1e-6)
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
@@ -225,6 +271,8 @@ def test_x64_ap_in_float64():
     out = metrics.evaluate_per_query(DIST, Q_PIDS, Q_CAMS, G_PIDS, G_CAMS)
     assert out['ap'].dtype == np.float64
     np.testing.assert_allclose(out['ap'], AP_MARKET, rtol=1e-12)
+    assert out['inp'].dtype == np.float64
+    np.testing.assert_allclose(out['inp'], INP, rtol=1e-12)
 
 
 def test_evaluate_features_is_distances_then_ranking():

@@ -21,7 +21,7 @@ from dare_jax import errors
 from dare_jax.evaluation import metrics
 
 ID_KEYS = ('query_pids', 'query_camids', 'gallery_pids', 'gallery_camids')
-REPORTED = ('rank1', 'rank5', 'rank10', 'mAP', 'num_valid_queries')
+REPORTED = ('rank1', 'rank5', 'rank10', 'mAP', 'mINP', 'num_valid_queries')
 
 
 def embedding_names(feats: Mapping[str, np.ndarray]) -> list[str]:
@@ -101,7 +101,7 @@ def evaluate_features_file(
     metric: str = 'euclidean', normalize: bool = False, ap: str = 'market',
     ranks: Sequence[int] = (1, 5, 10), rerank: bool = False, k1: int = 20,
     k2: int = 6, lambda_value: float = 0.3) -> dict[str, dict]:
-  """{NAME: {rank1, rank5, rank10, ..., mAP, num_valid_queries,
+  """{NAME: {rank1, rank5, rank10, ..., mAP, mINP, num_valid_queries,
   num_queries}} for each embedding NAME (fractions in [0, 1]).
 
   With rerank=True the ranking is that of the k-reciprocal re-ranked
@@ -128,9 +128,11 @@ def evaluate_features_file(
 
 def log_metrics(name: str, result: Mapping, reranked: bool = False) -> None:
   """One log line of an embedding's evaluate_ranking result."""
-  logging.info('%-8s%s rank1 %.4f mAP %.4f (%d of %d queries valid)', name,
+  # A summary of per-query results without 'inp' has no mINP.
+  minp = f' mINP {result["mINP"]:.4f}' if 'mINP' in result else ''
+  logging.info('%-8s%s rank1 %.4f mAP %.4f%s (%d of %d queries valid)', name,
                ' (re-ranked)' if reranked else '', result['rank1'],
-               result['mAP'], result['num_valid_queries'],
+               result['mAP'], minp, result['num_valid_queries'],
                result['num_queries'])
 
 

@@ -1,4 +1,4 @@
-"""Re-ID retrieval metrics: pairwise distances, CMC and mAP, in JAX.
+"""Re-ID retrieval metrics: pairwise distances, CMC, mAP and mINP, in JAX.
 
 Protocol (official Market-1501 evaluation). For each query, the gallery is
 ranked by ascending distance, ties broken by gallery index (stable sort), and
@@ -23,6 +23,11 @@ gallery:
       sum_k (1 / n_good) * ((k - 1) / (r - 1) + k / r) / 2,
     where (k - 1) / (r - 1) reads as 1 when r = 1;
   * 'standard' (torchreid / fast-reid): sum_k (1 / n_good) * k / r.
+INP (inverse negative penalty; Ye et al., "Deep Learning for Person
+Re-identification: A Survey and Outlook", 2020, as fast-reid reports it) is
+n_good / R_hard, with R_hard the rank (same 1-based rank among the
+remaining gallery) of the last, hardest, good image; mINP averages it over
+the valid queries as mAP averages AP.
 
 Queries are processed in fixed-size chunks by one jitted function (the last
 chunk is padded, so it compiles once per (chunk, G)); peak memory is a small
@@ -210,7 +215,7 @@ def _stable_argsort_rows(x_CxG, radix):
 @functools.partial(jax.jit, static_argnames=('ap', 'radix'))
 def _rank_chunk(dist_CxG, q_pids_C, q_camids_C, g_pids_G, g_camids_G, ap,
                 radix):
-  """Per-query first-hit rank, AP and good count for one chunk of queries."""
+  """Per-query first-hit rank, AP, INP and good count for one chunk."""
   g = dist_CxG.shape[1]
   order_CxG = _stable_argsort_rows(dist_CxG, radix)
   pids_CxG = g_pids_G[order_CxG]
@@ -234,6 +239,9 @@ def _rank_chunk(dist_CxG, q_pids_C, q_camids_C, g_pids_G, g_camids_G, ap,
   n_good_C = hit_CxG[:, -1]
   first_C = jnp.min(jnp.where(good_CxG, rank_CxG, g + 1), axis=1) - 1
   first_C = jnp.where(n_good_C > 0, first_C, -1)
+  # The hardest good image: the largest kept rank of a good entry (0 when
+  # there is none; such a query is not valid and its INP is 0, as its AP).
+  last_C = jnp.max(jnp.where(good_CxG, rank_CxG, 0), axis=1)
 
   fdt = _float_dtype()
   r_CxG = rank_CxG.astype(fdt)
@@ -249,7 +257,10 @@ def _rank_chunk(dist_CxG, q_pids_C, q_camids_C, g_pids_G, g_camids_G, ap,
   ap_sum_C = jnp.sum(jnp.where(good_CxG, term_CxG, 0.0), axis=1)
   ap_C = jnp.where(n_good_C > 0,
                    ap_sum_C / jnp.maximum(n_good_C, 1).astype(fdt), 0.0)
-  return first_C, ap_C, n_good_C
+  inp_C = jnp.where(n_good_C > 0,
+                    n_good_C.astype(fdt) / jnp.maximum(last_C, 1).astype(fdt),
+                    0.0)
+  return first_C, ap_C, inp_C, n_good_C
 
 
 def _as_ids(x, name: str, length: Optional[int] = None) -> np.ndarray:
@@ -300,6 +311,9 @@ def evaluate_per_query(dist_QxG, q_pids, q_camids, g_pids, g_camids, *,
       first_hit_rank: int [Q], 0-based rank of the first good image among
         the gallery left after removal; -1 when the query is not valid.
       ap: float [Q] average precision; 0 when the query is not valid.
+      inp: float [Q] inverse negative penalty, num_good / (1-based rank of
+        the last good image among the gallery left after removal); 0 when
+        the query is not valid.
       num_good: int [Q] good gallery images per query.
       valid: bool [Q] the query has at least one good gallery image.
 
@@ -322,6 +336,7 @@ def evaluate_per_query(dist_QxG, q_pids, q_camids, g_pids, g_camids, *,
   if num_q == 0 or num_g == 0:
     return {'first_hit_rank': np.full((num_q,), -1, np.int32),
             'ap': np.zeros((num_q,), np.float32),
+            'inp': np.zeros((num_q,), np.float32),
             'num_good': np.zeros((num_q,), np.int32),
             'valid': np.zeros((num_q,), bool)}
 
@@ -331,7 +346,7 @@ def evaluate_per_query(dist_QxG, q_pids, q_camids, g_pids, g_camids, *,
   dist = dist_QxG if on_device else np.asarray(dist_QxG)
   radix = _use_radix()
   g_pids_G, g_camids_G = jnp.asarray(gp), jnp.asarray(gc)
-  firsts, aps, n_goods = [], [], []
+  firsts, aps, inps, n_goods = [], [], [], []
   for start in range(0, num_q, chunk):
     stop = min(start + chunk, num_q)
     d = dist[start:stop].astype(np.float32)
@@ -342,12 +357,13 @@ def evaluate_per_query(dist_QxG, q_pids, q_camids, g_pids, g_camids, *,
       # keeps every call at the same shape so the function compiles once.
       d = (jnp if on_device else np).pad(d, ((0, pad), (0, 0)))
       p, c = np.pad(p, (0, pad)), np.pad(c, (0, pad))
-    first_C, ap_C, n_good_C = _rank_chunk(
+    first_C, ap_C, inp_C, n_good_C = _rank_chunk(
         jnp.asarray(d), jnp.asarray(p), jnp.asarray(c), g_pids_G, g_camids_G,
         ap=ap, radix=radix)
     n = stop - start
     firsts.append(first_C[:n])
     aps.append(ap_C[:n])
+    inps.append(inp_C[:n])
     n_goods.append(n_good_C[:n])
     if len(firsts) > 1:
       # Dispatch is asynchronous: without this wait every chunk's input (and
@@ -358,6 +374,7 @@ def evaluate_per_query(dist_QxG, q_pids, q_camids, g_pids, g_camids, *,
   n_good = np.asarray(jnp.concatenate(n_goods))
   return {'first_hit_rank': first,
           'ap': np.asarray(jnp.concatenate(aps)),
+          'inp': np.asarray(jnp.concatenate(inps)),
           'num_good': n_good,
           'valid': n_good > 0}
 
@@ -371,15 +388,17 @@ def _check_ranks(ranks: Sequence[int]) -> tuple[int, ...]:
 
 
 def summarize(per_query: dict, ranks: Sequence[int] = (1, 5, 10)) -> dict:
-  """Aggregates evaluate_per_query's output into CMC rank-k and mAP.
+  """Aggregates evaluate_per_query's output into CMC rank-k, mAP and mINP.
 
   Args:
     per_query: the dict evaluate_per_query returns (or a row subset of it).
+      'inp' may be left out (a dict assembled from first_hit_rank, ap,
+      num_good and valid alone); 'mINP' is then not reported.
     ranks: the k of each CMC rank-k to report.
 
   Returns:
-    {'rank{k}': float for k in ranks, 'mAP': float, 'num_valid_queries': int,
-     'num_queries': int}; fractions in [0, 1].
+    {'rank{k}': float for k in ranks, 'mAP': float, 'mINP': float,
+     'num_valid_queries': int, 'num_queries': int}; fractions in [0, 1].
 
   Raises:
     errors.ConfigError (options) / errors.DataError (inputs), both
@@ -399,6 +418,9 @@ def summarize(per_query: dict, ranks: Sequence[int] = (1, 5, 10)) -> dict:
     out[f'rank{k}'] = int(np.count_nonzero(first < k)) / num_valid
   out['mAP'] = float(np.mean(np.asarray(per_query['ap'])[valid],
                              dtype=np.float64))
+  if 'inp' in per_query:
+    out['mINP'] = float(np.mean(np.asarray(per_query['inp'])[valid],
+                                dtype=np.float64))
   out['num_valid_queries'] = num_valid
   out['num_queries'] = int(valid.shape[0])
   return out
@@ -407,7 +429,8 @@ def summarize(per_query: dict, ranks: Sequence[int] = (1, 5, 10)) -> dict:
 def evaluate_ranking(dist_QxG, q_pids, q_camids, g_pids, g_camids, *,
                      ranks: Sequence[int] = (1, 5, 10), ap: str = 'market',
                      query_chunk: Optional[int] = None) -> dict:
-  """CMC rank-k and mAP of a distance matrix under the Market-1501 protocol.
+  """CMC rank-k, mAP and mINP of a distance matrix under the Market-1501
+  protocol.
 
   Args:
     dist_QxG: float [Q, G] distances (smaller = closer).
@@ -418,8 +441,8 @@ def evaluate_ranking(dist_QxG, q_pids, q_camids, g_pids, g_camids, *,
     query_chunk: queries ranked per jitted call (default: about 1M / G).
 
   Returns:
-    {'rank{k}': float for k in ranks, 'mAP': float, 'num_valid_queries': int,
-     'num_queries': int}; fractions in [0, 1].
+    {'rank{k}': float for k in ranks, 'mAP': float, 'mINP': float,
+     'num_valid_queries': int, 'num_queries': int}; fractions in [0, 1].
 
   Raises:
     errors.ConfigError (options) / errors.DataError (inputs), both
