@@ -309,3 +309,47 @@ def test_conv1x1_as_dot_changes_no_parameter_and_no_value():
   assert dare.conv1x1_dot('auto') == (jax.default_backend() == 'cpu')
   with pytest.raises(ValueError, match="model.conv1x1='matmul'"):
     dare.conv1x1_dot('matmul')
+
+
+
+@pytest.mark.parametrize('backbone', ['resnet', 'densenet'])
+def test_exit_heads_start_as_the_authors(backbone):
+  """Initial scales as the authors' DaRe (PyTorch 0.2; docs/parity.md
+  "Initial scales of the exit heads"): head Dense weights and biases
+  U(+-1/sqrt(fan_in)) (PyTorch's default Linear, fan_in = the kernel's
+  rows), which a normal or a fan_out init fails; exit BatchNorm bias 0 and
+  scale 1 in DaRe(R) (their init loop fills every BatchNorm2d), U(0, 1) in
+  DaRe(De) (no init loop: PyTorch 0.2's default), head's and exit norm's.
+  Exit 1 only (num_exits=1: a quarter of the build; every head is the same
+  ExitHead), where fc1's fan_in (4 or 12) is far from its fan_out (1024)."""
+  kw = dict(head_hidden=1024, embedding_dim=128)
+  if backbone == 'densenet':
+    model = dare.DaRe(block='', stage_sizes=(1, 1, 1, 1), width=8,
+                      backbone='densenet', growth_rate=4, **kw)
+  else:
+    model = dare.DaRe(block='basic', stage_sizes=(1, 1, 1, 1), width=4, **kw)
+  with jax.threefry_partitionable(False):  # (faster to build, as above)
+    params = jax.jit(functools.partial(model.init, num_exits=1))(
+        jax.random.key(0), jnp.zeros((1, 32, 16, 3)))['params']
+  params = jax.tree.map(np.asarray, params)
+  head = params['exit1']
+  assert head['fc1']['kernel'].shape[::-1] == (1024, 4 if backbone ==
+                                               'resnet' else 12)
+  for fc in ('fc1', 'fc2'):
+    bound = 1 / np.sqrt(head[fc]['kernel'].shape[0])
+    for leaf in ('kernel', 'bias'):
+      u = head[fc][leaf].ravel() / bound  # U(-1, 1): std 1/sqrt(3)
+      assert 0.9 < np.abs(u).max() <= 1, (fc, leaf, np.abs(u).max())
+      assert abs(u.std() * np.sqrt(3) - 1) < 0.1, (fc, leaf, u.std())
+  np.testing.assert_array_equal(head['bn']['bias'], 0)
+  if backbone == 'resnet':
+    np.testing.assert_array_equal(head['bn']['scale'], 1)
+    return
+  norm = params['backbone']['exit_norm1']
+  np.testing.assert_array_equal(norm['bias'], 0)
+  for u in (head['bn']['scale'], norm['scale']):
+    assert u.min() >= 0 and u.max() < 1 and len(set(u.tolist())) == len(u)
+  u = head['bn']['scale']  # U(0, 1): mean 1/2, std 1/sqrt(12)
+  assert abs(u.mean() - 0.5) < 0.05 and abs(u.std() * np.sqrt(12) - 1) < 0.1
+  # The backbone's own BatchNorms keep Flax's init (scale 1).
+  np.testing.assert_array_equal(params['backbone']['norm0']['scale'], 1)

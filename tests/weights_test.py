@@ -584,8 +584,10 @@ def test_densenet201_file_through_model_pretrained_equals_pytorch(
   with torch.no_grad():
     outs = tv.blocks(x)
     # Exits 1..3 pool ReLU(BN(dense block s)) with the exit's own BN, which
-    # an ImageNet file does not have: it stays freshly initialised (weight
-    # 1, bias 0, running mean 0, running var 1). Exit 4: ReLU(norm5(...)).
+    # an ImageNet file does not have: it keeps the stand-in's values (weight
+    # 1, bias 0, running mean 0, running var 1; the real init draws the
+    # weight from U(0, 1), as the authors' PyTorch 0.2 did). Exit 4:
+    # ReLU(norm5(...)).
     want = [torch.relu(torch.nn.functional.batch_norm(
         o, torch.zeros(c), torch.ones(c), eps=1e-5))
             for o, c in zip(outs[:3], c_out)] + [torch.relu(outs[3])]

@@ -8,7 +8,8 @@ Embeddings are raw (not L2-normalised), as in the paper.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import math
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -22,24 +23,52 @@ EXITS = ('stage1', 'stage2', 'stage3', 'stage4')
 EMBEDDINGS = EXITS + ('fused',)
 
 
-class ExitHead(nn.Module):
-  hidden: int
-  embedding_dim: int
-  norm: Any
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x_BxHxWxC):
-    x = jnp.mean(x_BxHxWxC, axis=(1, 2), dtype=jnp.float32)
-    x = nn.Dense(self.hidden, dtype=self.dtype, name='fc1')(x)
-    x = nn.relu(self.norm(name='bn')(x))
-    return nn.Dense(self.embedding_dim, dtype=self.dtype, name='fc2')(x)
-
-
 def uniform_init(low: float, high: float):
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, low, high)
   return init
+
+
+def torch_linear_kernel_init(key, shape, dtype=jnp.float32):
+  """PyTorch's default nn.Linear weight, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+  (0.2's reset_parameters; kaiming_uniform_(a=sqrt(5)) since, the same
+  bound), for Flax's [in, out] kernel: fan_in = shape[0]."""
+  bound = 1.0 / math.sqrt(shape[0])
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def torch_linear_bias_init(fan_in: int):
+  """PyTorch's default nn.Linear bias: U(+-1/sqrt(fan_in)), the weight's
+  fan_in (a bias's own shape [out] does not tell it)."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return uniform_init(-bound, bound)
+
+
+class ExitHead(nn.Module):
+  """GAP -> fc1 -> bn -> ReLU -> fc2. Initialised as the authors' heads
+  (github.com/mileyan/DARENet, PyTorch 0.2, docs/parity.md "Initial scales
+  of the exit heads"): fc1 and fc2 PyTorch's default Linear (weight and bias
+  U(+-1/sqrt(fan_in))), which neither of their models re-initialises; bn
+  scale bn_scale_init (1 for DaRe(R), whose init loop fills every
+  BatchNorm2d with 1; densenet.exit_bn_scale_init, PyTorch 0.2's U(0, 1),
+  for DaRe(De), which has no such loop), bias 0."""
+  hidden: int
+  embedding_dim: int
+  norm: Any
+  dtype: Any = jnp.float32
+  bn_scale_init: Callable[..., jax.Array] = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC):
+    x = jnp.mean(x_BxHxWxC, axis=(1, 2), dtype=jnp.float32)
+    x = nn.Dense(self.hidden, dtype=self.dtype,
+                 kernel_init=torch_linear_kernel_init,
+                 bias_init=torch_linear_bias_init(x.shape[-1]), name='fc1')(x)
+    x = nn.relu(self.norm(scale_init=self.bn_scale_init, name='bn')(x))
+    return nn.Dense(self.embedding_dim, dtype=self.dtype,
+                    kernel_init=torch_linear_kernel_init,
+                    bias_init=torch_linear_bias_init(self.hidden),
+                    name='fc2')(x)
 
 
 class DaRe(nn.Module):
@@ -101,6 +130,8 @@ class DaRe(nn.Module):
       net = resnet.ResNet(self.block, self.stage_sizes, self.width, norm=norm,
                           dtype=self.dtype, dot_1x1=self.conv1x1_dot,
                           name='backbone')
+    bn_scale_init = (densenet.exit_bn_scale_init
+                     if self.backbone == 'densenet' else nn.initializers.ones)
     maps, carry = net(x.astype(self.dtype), num_stages=num_exits,
                       first_stage=first_exit, return_carry=True)
     out = {}
@@ -108,7 +139,8 @@ class DaRe(nn.Module):
       if self.trinet and name != EXITS[-1]:
         continue
       head = ExitHead(self.head_hidden, self.embedding_dim, norm,
-                      dtype=self.dtype, name=f'exit{name[-1]}')
+                      dtype=self.dtype, bn_scale_init=bn_scale_init,
+                      name=f'exit{name[-1]}')
       out[name] = head(m).astype(jnp.float32)
     if num_exits == len(EXITS) and first_exit == 1 and not self.trinet:
       w = self.param('fusion', uniform_init(self.fusion_init_low,

@@ -11,6 +11,12 @@ s = 1..3, ReLU(BN(block output)) with a BatchNorm of the exit's own
 (`exit_norm{s}`, their `avgpool{s-1}.0`; not part of an ImageNet file), taken
 before the transition; after block 4, ReLU(norm5(block output)), the map
 torchvision's classifier pools.
+
+Initial scales: the authors' DenseNet (PyTorch 0.2) re-initialises nothing
+and loads only the ImageNet `features.*`, so the BatchNorms such a file
+lacks, the exit norms here and the exit heads' (models/dare.py), keep PyTorch
+0.2's default, weight U(0, 1) and bias 0: exit_bn_scale_init. The rest of
+the backbone keeps Flax's BatchNorm init (scale 1) and conv_init.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from dare_jax.errors import ConfigError
@@ -34,6 +41,13 @@ BN_SIZE = 4  # bottleneck width = BN_SIZE * growth rate
 
 # torchvision: kaiming_normal_ (fan_in) for convs.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+
+
+def exit_bn_scale_init(key, shape, dtype=jnp.float32):
+  """PyTorch 0.2's default BatchNorm weight, U(0, 1) (`weight.uniform_()`;
+  1 only since PyTorch 1.2): DaRe(De)'s exit BatchNorm scales, as the
+  authors' (their avgpool{0,1,2}.0 and layer_fc{0..3}.1)."""
+  return jax.random.uniform(key, shape, dtype, 0.0, 1.0)
 
 
 def _conv(features, kernel, strides, name, dtype):
@@ -129,6 +143,10 @@ class DenseNet(nn.Module):
                        name=f'transition{b}')(x)
       x = DenseBlock(self.block_config[b], self.growth_rate, self.norm,
                      self.dtype, name=f'denseblock{b + 1}')(x)
-      name = 'norm5' if b == last else f'exit_norm{b + 1}'
-      maps.append(nn.relu(self.norm(name=name)(x)))
+      if b == last:
+        norm = self.norm(name='norm5')
+      else:
+        norm = self.norm(scale_init=exit_bn_scale_init,
+                         name=f'exit_norm{b + 1}')
+      maps.append(nn.relu(norm(x)))
     return (maps, x) if return_carry else maps
