@@ -20,7 +20,8 @@ from dare_jax.errors import CheckpointError
 # Fields of config.model that do not change the parameter tree.
 # Fields that do not change the parameters (conv1x1: how 1x1 convolutions
 # are computed) may differ between a checkpoint and the run restoring it.
-_NOT_ARCHITECTURE = ('pretrained', 'pretrained_heads', 'dtype', 'conv1x1',
+_NOT_ARCHITECTURE = ('pretrained', 'pretrained_heads', 'require_pretrained',
+                     'dtype', 'conv1x1',
                      'fusion_init_low',
                      'fusion_init_high', 'bn_momentum')
 
@@ -36,9 +37,14 @@ class WrongModelError(CheckpointError):
 
 def manager(workdir: str, checkpoint_every: int, keep: int,
             read_only: bool = False) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-      save_interval_steps=checkpoint_every, max_to_keep=keep,
-      create=not read_only, read_only=read_only, cleanup_tmp_directories=True)
+  if read_only:  # what Orbax would set itself, warning about each field
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=0, max_to_keep=None, create=False,
+        read_only=True, cleanup_tmp_directories=False)
+  else:
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=checkpoint_every, max_to_keep=keep, create=True,
+        cleanup_tmp_directories=True)
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
       item_names=('state', 'meta'))

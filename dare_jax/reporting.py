@@ -7,6 +7,7 @@ nothing outside dare_jax/data imports TensorFlow.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -15,13 +16,35 @@ from absl import logging
 from dare_jax import distributed
 
 
+def strict(obj):
+  """obj with every NaN or infinite float as None (JSON's null): the files
+  we write are strict JSON, which `NaN` is not. numpy scalars become the
+  Python numbers they hold; tuples become lists."""
+  if isinstance(obj, dict):
+    return {k: strict(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [strict(v) for v in obj]
+  if hasattr(obj, 'item') and getattr(obj, 'ndim', 1) == 0:
+    obj = obj.item()
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
+
+
+def dumps(obj, **kwargs) -> str:
+  """Strict JSON text of obj (see strict)."""
+  return json.dumps(strict(obj), allow_nan=False,
+                    default=lambda x: x.item() if hasattr(x, 'item') else
+                    str(x), **kwargs)
+
+
 def write_json(path: str, obj) -> None:
-  """Atomic (a crash never leaves half a file behind); numpy scalars are
-  written as the Python numbers they hold."""
+  """Atomic (a crash never leaves half a file behind), strict JSON (NaN and
+  infinities as null); numpy scalars are written as the Python numbers they
+  hold."""
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True,
-              default=lambda x: x.item() if hasattr(x, 'item') else str(x))
+    f.write(dumps(obj, indent=2, sort_keys=True))
   os.replace(tmp, path)
 
 
@@ -56,7 +79,7 @@ class Reporter:
     now = time.time()
     if self._t_first is None:
       self._t_first, self._step_first = now, step
-      rate, eta = float('nan'), ''
+      rate, eta = None, ''  # no rate yet: the first step compiles
     else:
       steps_per_s = (step - self._step_first) / max(now - self._t_first, 1e-9)
       rate = steps_per_s * self._batch
@@ -65,16 +88,17 @@ class Reporter:
     metrics = {k: float(v) for k, v in metrics.items()}
     exits = ' '.join(f'{k[len("loss_"):]} {v:.3f}' for k, v in metrics.items()
                      if k.startswith('loss_'))
-    logging.info('step %d/%d (%.1f%%) loss %.4f [%s] lr %.2e %.0f img/s%s',
+    speed = '' if rate is None else f' {rate:.0f} img/s'
+    logging.info('step %d/%d (%.1f%%) loss %.4f [%s] lr %.2e%s%s',
                  step, self._num_steps, 100.0 * step / self._num_steps,
-                 metrics['loss'], exits, metrics['lr'], rate, eta)
+                 metrics['loss'], exits, metrics['lr'], speed, eta)
     record = dict(metrics, step=step, images_per_s=rate, time=now)
-    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.write(dumps(record) + '\n')
     self._jsonl.flush()
     if self._tb is not None:
       for k, v in metrics.items():
         self._tb.add_scalar(f'train/{k}', v, step)
-      if rate == rate:
+      if rate is not None:
         self._tb.add_scalar('train/images_per_s', rate, step)
       self._tb.flush()
 

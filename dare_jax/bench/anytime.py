@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dare_jax import bench
+from dare_jax import console
 from dare_jax import errors
 from dare_jax import reporting
 from dare_jax.bench import latency
@@ -239,6 +240,7 @@ COLUMNS = (('runtime', 'runtime', '{}'), ('batch', 'batch', '{}'),
 
 
 def main(argv):
+  console.start()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
@@ -267,4 +269,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -61,6 +61,7 @@ from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
+from dare_jax import console
 from dare_jax import errors
 from dare_jax.data import augment
 from dare_jax.data import datasets
@@ -340,6 +341,7 @@ def define_flags() -> None:
 
 
 def main(argv):
+  console.start()
   del argv
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   logging.set_verbosity(logging.WARNING)  # no per-5% decoding progress
@@ -366,4 +368,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

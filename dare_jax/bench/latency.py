@@ -51,6 +51,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from dare_jax import bench
+from dare_jax import console
 from dare_jax import errors
 from dare_jax import reporting
 from dare_jax.budget import costs as costs_lib
@@ -267,6 +268,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  console.start()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
@@ -290,4 +292,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -40,6 +40,7 @@ import time
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+from dare_jax import console
 
 FLAGS = flags.FLAGS
 
@@ -98,6 +99,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_cpu_enable_xprof_traceme=true')
+  console.start()  # imports jax: after XLA_FLAGS
   import jax  # pylint: disable=g-import-not-at-top
   from dare_jax import builder  # pylint: disable=g-import-not-at-top
   from dare_jax import reporting  # pylint: disable=g-import-not-at-top
@@ -160,4 +162,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('top', 25, 'Groups printed.')
   flags.DEFINE_string('json', '', 'Also write all groups here.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -38,6 +38,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dare_jax import bench
+from dare_jax import console
 from dare_jax import errors
 from dare_jax import reporting
 
@@ -247,6 +248,7 @@ def define_flags() -> None:
 
 
 def main(argv):
+  console.start()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
@@ -307,4 +309,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -52,6 +52,7 @@ import numpy as np
 
 from dare_jax import bench
 from dare_jax import builder
+from dare_jax import console
 from dare_jax import distributed
 from dare_jax import errors
 from dare_jax import reporting
@@ -422,6 +423,7 @@ def define_flags() -> None:
 
 
 def main(argv):
+  console.start()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
@@ -454,4 +456,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -1,11 +1,11 @@
 """What the JSON-printing tools share: one object on stdout, or one line
 `error: ...` on stderr and exit status 1 for anything the user can fix."""
 
-import json
 import sys
 from typing import Any, Callable
 
 from dare_jax import errors
+from dare_jax import reporting
 
 
 def emit_json(compute: Callable[[], Any], indent=None) -> int:
@@ -15,6 +15,5 @@ def emit_json(compute: Callable[[], Any], indent=None) -> int:
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  json.dump(out, sys.stdout, indent=indent)
-  sys.stdout.write('\n')
+  sys.stdout.write(reporting.dumps(out, indent=indent) + '\n')
   return 0

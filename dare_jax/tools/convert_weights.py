@@ -30,6 +30,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from dare_jax import console
 from dare_jax import errors
 from dare_jax.tools import cli
 
@@ -75,6 +76,7 @@ def convert(config, src: str, out_dir: str, full: bool = False,
 
 
 def main(argv):
+  console.start()
   if len(argv) != 3:
     raise app.UsageError('Usage: python -m dare_jax.tools.convert_weights IN '
                          'OUT_DIR --config=configs/X.py [--full] '
@@ -84,4 +86,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from dare_jax import console
 from dare_jax.tools import cli
 from dare_jax.budget import costs
 
@@ -24,10 +25,11 @@ flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
+  console.start()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   return cli.emit_json(lambda: costs.config_exit_costs(FLAGS.config))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -25,6 +25,7 @@ import os
 from absl import app
 from absl import flags
 
+from dare_jax import console
 from dare_jax.tools import cli
 
 FLAGS = flags.FLAGS
@@ -34,7 +35,8 @@ def define_flags() -> None:
   flags.DEFINE_string('out', None, 'The FEATURES.npz to write.')
   flags.DEFINE_enum('tta', '10', ['10', '1'],
                     'Views averaged per image: 10 (5 crops + mirrors, as '
-                    '--mode=eval) or 1 (the centre crop).')
+                    '--mode=eval) or 1 (the whole image resized to the input '
+                    'size, as eval.tta=False).')
   flags.DEFINE_integer('batch', 32, 'Images per forward.')
   flags.DEFINE_enum('runtime', 'jax', ['jax', 'onnx'],
                     "jax: the Flax model; onnx: the bundle's model.onnx in "
@@ -99,6 +101,7 @@ def embed(bundle_path: str, input_spec: str, out: str, *, tta: int = 10,
 
 
 def main(argv):
+  console.start()
   if len(argv) != 3:
     raise app.UsageError('usage: python -m dare_jax.tools.embed BUNDLE INPUT '
                          '--out=FEATURES.npz [flags]')
@@ -110,4 +113,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

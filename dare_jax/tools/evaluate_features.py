@@ -5,15 +5,17 @@ r"""Evaluates every query_NAME / gallery_NAME pair of a features file.
       [--normalize] [--rerank] [--k1=20] [--k2=6] [--lambda=0.3]
 
 Prints one JSON object to stdout:
-  {NAME: {"rank1", "rank5", "rank10", "mAP", "num_valid_queries"}}
-with fractions in [0, 1]. The file may come from any framework; its schema
-is in dare_jax/evaluation/features.py. Logs go to stderr.
+  {NAME: {"rank1", "rank5", "rank10", "mAP", "mINP", "num_valid_queries"}}
+with fractions in [0, 1] (mINP: mean inverse negative penalty, Ye et al.
+2020, as fast-reid reports it). The file may come from any framework; its
+schema is in dare_jax/evaluation/features.py. Logs go to stderr.
 """
 
 
 from absl import app
 from absl import flags
 
+from dare_jax import console
 from dare_jax.tools import cli
 from dare_jax.evaluation import features as features_lib
 from dare_jax.evaluation import metrics
@@ -35,6 +37,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  console.start()
   if len(argv) != 2:
     raise app.UsageError('Usage: python -m dare_jax.tools.evaluate_features '
                          'FEATURES.npz [--flags]')
@@ -50,4 +53,4 @@ def main(argv):
   return cli.emit_json(compute, indent=2)
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from dare_jax import console
 from dare_jax.tools import cli
 
 FLAGS = flags.FLAGS
@@ -44,7 +45,7 @@ def export(config, workdir: str, out: str, step: int = -1,
   from dare_jax.budget import costs
   from dare_jax.inference import bundle
   # pylint: enable=g-import-not-at-top
-  built = builder.build(config)
+  built = builder.build(config, training=False)
   state, _ = builder.restore_for_eval(built, workdir,
                                       None if step < 0 else step)
   metrics = None
@@ -68,6 +69,7 @@ def export(config, workdir: str, out: str, step: int = -1,
 
 
 def main(argv):
+  console.start()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   return cli.emit_json(lambda: export(FLAGS.config, FLAGS.workdir, FLAGS.out,
@@ -76,4 +78,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

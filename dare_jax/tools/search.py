@@ -25,6 +25,7 @@ import sys
 
 from absl import app
 from absl import flags
+from dare_jax import console
 
 
 FLAGS = flags.FLAGS
@@ -159,6 +160,7 @@ def print_results(out: list[dict], stream=None) -> None:
 
 
 def main(argv):
+  console.start()
   if len(argv) != 2:
     raise app.UsageError('usage: python -m dare_jax.tools.search BUNDLE '
                          '--gallery=G --query=Q [flags]')
@@ -178,4 +180,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -9,8 +9,8 @@ r"""Answers a stream of query images with real early exit (inference/anytime).
 G: a FEATURES.npz from tools/embed (its stage1, stage2, stage3 and fused
 embeddings; person/camera when it was a labelled CSV) or images, embedded
 now; Q: query images (a folder, a .txt, a .csv of path[,person,camera]), in
-arrival order, each one view (the centre crop: an anytime query cannot
-afford 10). --budget is the average Mul-Adds per query (bundle.json's
+arrival order, each one view (the whole image resized to the input size,
+as single-view evaluation: an anytime query cannot afford 10). --budget is the average Mul-Adds per query (bundle.json's
 exit_costs: stage1 .. fused); --deadline-ms answers each micro-batch of
 --batch queries with the deepest exit completed within T ms. --json writes
   {"queries": [{"path", "exit", "latency_ms", "results": [{"path",
@@ -29,6 +29,7 @@ import time
 from absl import app
 from absl import flags
 
+from dare_jax import console
 from dare_jax.tools import cli
 
 FLAGS = flags.FLAGS
@@ -121,9 +122,9 @@ def run_stream(bundle_path: str, gallery_spec: str, queries_spec: str, *,
   for lo in range(0, len(queries), batch):
     hi = min(len(queries), lo + batch)
     t0 = time.perf_counter()
-    imgs = np.stack([augment.load_image(f, b.resize_hw)
+    imgs = np.stack([augment.load_image(f, b.input_hw)
                      for f in queries.files[lo:hi]])
-    x = b.normalize(augment.center_crop(imgs, b.input_hw)[:, 0])
+    x = b.normalize(imgs)
     t_decode += time.perf_counter() - t0
     ids = ((queries.person[lo:hi], queries.camera[lo:hi]
             if queries.camera is not None else None) if labelled
@@ -172,6 +173,7 @@ def run_stream(bundle_path: str, gallery_spec: str, queries_spec: str, *,
 
 
 def main(argv):
+  console.start()
   if len(argv) != 2:
     raise app.UsageError('usage: python -m dare_jax.tools.stream BUNDLE '
                          '--gallery=G --queries=Q --budget=B|--deadline-ms=T')
@@ -185,4 +187,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)
