@@ -170,6 +170,51 @@ def test_center_crop():
                                 augment.ten_crop(images, (32, 16))[:, 4])
 
 
+def _bilinear_reference(images, hw):
+  """float [N, H, W, 3]: PIL's BILINEAR written out in numpy, separably: a
+  triangle filter widened by the scale when it shrinks (antialiased), pixel
+  centres at (i + 0.5) * scale, weights normalised at the borders. PIL
+  rounds in fixed point (and to uint8 between its two passes), so it
+  agrees to about +-1."""
+  def weights(n_in, n_out):
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    centre = (np.arange(n_out) + 0.5) * scale
+    d = (np.arange(n_in)[None, :] + 0.5 - centre[:, None]) / support
+    w = np.maximum(0.0, 1.0 - np.abs(d))
+    return w / w.sum(axis=1, keepdims=True)  # [n_out, n_in]
+  wy, wx = weights(images.shape[1], hw[0]), weights(images.shape[2], hw[1])
+  return np.einsum('yi,nijc,xj->nyxc', wy, images.astype(np.float64), wx)
+
+
+@pytest.mark.parametrize('src_hw', [(36, 18), (20, 10)],
+                         ids=['shrink', 'enlarge'])
+def test_resize_images_is_the_whole_image_bilinear(src_hw):
+  # The single eval view (eval.tta=False): the whole image at H x W, as the
+  # authors' transforms.Resize((H, W)); not a crop.
+  images = random_images(3, *src_hw)
+  got = augment.resize_images(images, (32, 16))
+  assert got.shape == (3, 32, 16, 3) and got.dtype == np.uint8
+  diff = np.abs(got - _bilinear_reference(images, (32, 16)))
+  assert diff.max() <= 1 + 1e-9 and diff.mean() < 0.4, (diff.max(),
+                                                         diff.mean())
+  if src_hw == (36, 18):
+    assert (got != augment.center_crop(images, (32, 16))[:, 0]).mean() > 0.5
+  out = np.zeros((3, 2, 32, 16, 3), np.uint8)
+  augment.resize_images(images, (32, 16), out=out[:, 1])
+  np.testing.assert_array_equal(out[:, 1], got)
+  assert (out[:, 0] == 0).all()
+  with pytest.raises(ValueError, match='expected'):
+    augment.resize_images(images, (32, 16), out=out[:, :1])
+
+
+def test_resize_images_at_the_size_is_a_copy():
+  images = random_images(2, 32, 16)
+  got = augment.resize_images(images, (32, 16))
+  np.testing.assert_array_equal(got, images)
+  assert got is not images
+
+
 # --- load_images --------------------------------------------------------------
 
 

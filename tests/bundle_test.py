@@ -93,6 +93,11 @@ def test_bundle_round_trip_equals_the_flax_forward(tmp_path):
   assert (meta['input']['height'], meta['input']['width']) == (H, W)
   assert meta['input']['mean'] == list(config.data.mean)
   assert meta['input']['std'] == list(config.data.std)
+  # The recorded preprocessing: single view (tta 1) is the whole image
+  # resized to H x W, no crop (as the authors); only tta 10 crops.
+  assert 'tta 1: bilinear (PIL) of the whole image to H x W, no crop' in (
+      meta['input']['resize'])
+  assert b.resize_hw == (round(H * 1.125), round(W * 1.125))
   assert b.embedding_names == dare.EMBEDDINGS
   assert b.embedding_dim == config.model.embedding_dim
   assert meta['provenance']['checkpoint_step'] == 7

@@ -155,7 +155,7 @@ def test_embed_equals_mode_export(made_up, tmp_path):
         w = want[f'{what}_{name}']
         np.testing.assert_allclose(got[name], w, rtol=1e-5,
                                    atol=1e-5 * np.abs(w).max())
-  # tta=1 (the centre crop) differs from the 10-view mean, and the ONNX
+  # tta=1 (the whole image resized) differs from the 10-view mean, and the ONNX
   # runtime gives the tta=10 embeddings too.
   one = embed_tool.embed(bundle_dir, os.path.join(root, 'query'),
                          str(tmp_path / 'q1.npz'), tta=1, progress=False)

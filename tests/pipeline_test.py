@@ -334,9 +334,55 @@ def test_eval_covers_every_image_once_in_order(pipe, tta):
   assert views.shape == (42, v) + INPUT_HW + (3,)
   assert valid.sum() == len(split) and valid[:len(split)].all()
   assert (views[~valid] == 0).all()
-  want = (augment.ten_crop(split.images, INPUT_HW) if tta else
-          augment.center_crop(split.images, INPUT_HW))
-  np.testing.assert_array_equal(views[valid], want)
+  if tta:
+    np.testing.assert_array_equal(views[valid],
+                                  augment.ten_crop(split.images, INPUT_HW))
+  else:  # the whole image resized, not the centre crop (see below)
+    np.testing.assert_array_equal(views[valid][:, 0],
+                                  pil_resize(split.images, INPUT_HW))
+
+
+def pil_resize(images, hw):
+  """The reference single view: each whole image, PIL bilinear to hw."""
+  return np.stack([np.asarray(Image.fromarray(im).resize(
+      (hw[1], hw[0]), Image.BILINEAR)) for im in images])
+
+
+@by_pipeline
+@pytest.mark.parametrize('files', [False, True], ids=['memory', 'files'])
+def test_single_view_is_the_whole_image_resized_not_a_crop(pipe, files,
+                                                           tmp_path):
+  """eval.tta=False: the authors resize the whole image to (H, W)
+  (extract_features.py: transforms.Resize(scale_image_size), no crop). Was
+  the centre crop of the 1.125x image before. Files are resized straight
+  from the file (PIL bit-exact; tf.image.resize close to it)."""
+  split = make_split(n_ids=4, per_id=2)  # 11 images: 2 batches of 6
+  if files:
+    # Smooth originals at another size, as real crops are; the reference
+    # resizes the ORIGINAL, not the 1.125x copy.
+    yy, xx = np.meshgrid(np.arange(24), np.arange(12), indexing='ij')
+    smooth = np.stack([yy * 10, xx * 20, yy * 5 + xx * 5], -1)
+    originals = np.stack([(smooth + 3 * i) % 256 for i in range(len(split))]
+                         ).astype(np.uint8)
+    split = paths_split(Split(split.pids, split.camids, images=originals),
+                        tmp_path)
+    want = pil_resize(originals, INPUT_HW)
+    crop = augment.center_crop(augment.load_images(split.paths, RESIZE_HW),
+                               INPUT_HW)[:, 0]
+  else:
+    want = pil_resize(split.images, INPUT_HW)
+    crop = augment.center_crop(split.images, INPUT_HW)[:, 0]
+  got = np.concatenate([x['views'] for x in eval_list(pipe, split,
+                                                      tta=False)])
+  assert got.shape[1:] == (1,) + INPUT_HW + (3,)
+  got = got[:len(want), 0]
+  if pipe is pipeline or not files:
+    np.testing.assert_array_equal(got, want)
+  else:
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.mean() < 1 and diff.max() <= 4, (diff.mean(), diff.max())
+  crop_diff = np.abs(got.astype(int) - crop.astype(int)).mean()
+  assert crop_diff > 2 * np.abs(got.astype(int) - want.astype(int)).mean() + 1
 
 
 @by_pipeline

@@ -200,7 +200,12 @@ def ten_crop(images_BxHrxWrx3: np.ndarray, input_hw: Sequence[int],
 
 def center_crop(images_BxHrxWrx3: np.ndarray, input_hw: Sequence[int],
                 out: np.ndarray | None = None) -> np.ndarray:
-  """uint8 [B, 1, H, W, 3]: the single view used when TTA is off."""
+  """uint8 [B, 1, H, W, 3]: the centre crop (TenCrop's view 4).
+
+  Not the evaluation's single view any more (that is resize_images: the
+  whole image at H x W, as the authors); kept for its callers outside the
+  pipelines.
+  """
   h, w = input_hw
   y, x = five_crop_offsets(images_BxHrxWrx3.shape[1:3], input_hw)[4]
   out = _views_out(images_BxHrxWrx3, input_hw, 1, out)
@@ -208,8 +213,40 @@ def center_crop(images_BxHrxWrx3: np.ndarray, input_hw: Sequence[int],
   return out
 
 
-def load_image(path: str, resize_hw: Sequence[int]) -> np.ndarray:
-  """uint8 [Hr, Wr, 3]; raises errors.DataError naming an unreadable file."""
+def resize_images(images_NxHsxWsx3: np.ndarray, hw: Sequence[int],
+                  out: np.ndarray | None = None) -> np.ndarray:
+  """uint8 [N, H, W, 3]: each WHOLE image resized to hw = (H, W), no crop.
+
+  PIL bilinear, as load_image resizes a file (images already at hw are
+  copied unchanged). This is single-view evaluation's view (eval.tta=False):
+  the authors' test transform is transforms.Resize((H, W)) of the whole
+  image (extract_features.py). `out`, when given, receives the images (e.g.
+  view 0 of a padded batch's rows).
+  """
+  h, w = (int(v) for v in hw)
+  shape = (len(images_NxHsxWsx3), h, w, images_NxHsxWsx3.shape[-1])
+  if out is None:
+    out = np.empty(shape, np.uint8)
+  elif out.shape != shape:
+    raise ValueError(f'out has shape {out.shape}; expected {shape}.')
+  if tuple(images_NxHsxWsx3.shape[1:3]) == (h, w):
+    out[...] = images_NxHsxWsx3
+    return out
+  for i, img in enumerate(images_NxHsxWsx3):
+    out[i] = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR),
+                        np.uint8)
+  return out
+
+
+# What the training and evaluation pipelines add to a decode error.
+CONFIG_HINT = (' Set --config.data.bad_images=skip to leave out the images '
+               'that cannot be read (they are counted and logged).')
+
+
+def load_image(path: str, resize_hw: Sequence[int],
+               hint: str = '') -> np.ndarray:
+  """uint8 [Hr, Wr, 3]; raises errors.DataError naming an unreadable file
+  (with `hint` appended: what the caller's user can do about it)."""
   hr, wr = resize_hw
   try:
     with Image.open(path) as img:
@@ -219,15 +256,16 @@ def load_image(path: str, resize_hw: Sequence[int]) -> np.ndarray:
       img = img.resize((wr, hr), Image.BILINEAR)
       return np.asarray(img, np.uint8)
   except FileNotFoundError as e:
-    raise errors.DataNotFoundError(f'Image file not found: {path}') from e
+    raise errors.DataNotFoundError(
+        f'Image file not found: {path}.{hint}') from e
   except (OSError, ValueError, SyntaxError) as e:
     # PIL raises UnidentifiedImageError (an OSError) or a truncation OSError.
-    raise errors.DataError(f'Cannot decode image {path}: {e}') from e
+    raise errors.DataError(f'Cannot decode image {path}: {e}.{hint}') from e
 
 
 def load_images(paths: Sequence[str], resize_hw: Sequence[int],
                 num_threads: int | None = None,
-                what: str = 'images') -> np.ndarray:
+                what: str = 'images', hint: str = '') -> np.ndarray:
   """uint8 [N, Hr, Wr, 3]: decoded, RGB, bilinear-resized (PIL).
 
   PIL releases the GIL while decoding and resizing, so a thread pool scales
@@ -243,8 +281,8 @@ def load_images(paths: Sequence[str], resize_hw: Sequence[int],
   every = max(1, n // 20)
   pool = concurrent.futures.ThreadPoolExecutor(num_threads)
   try:
-    for i, img in enumerate(pool.map(lambda p: load_image(p, resize_hw),
-                                     paths)):
+    for i, img in enumerate(pool.map(
+        lambda p: load_image(p, resize_hw, hint), paths)):
       out[i] = img
       if report and ((i + 1) % every == 0 or i + 1 == n):
         logging.info('Loading %s: %d/%d (%d%%)', what, i + 1, n,

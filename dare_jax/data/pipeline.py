@@ -10,8 +10,10 @@ spec.Pipeline and take their settings as a spec.TrainInput / spec.EvalInput.
                   rows=(lo, hi), only rows lo..hi-1 of every such batch
                   (a process's share in multi-host training: B = hi - lo).
   eval_batches:  {views uint8 [batch_size, V, H, W, 3], valid bool
-                  [batch_size]}, V = 10 with TTA else 1; the last batch is
-                  zero-padded (valid False) so every batch has one shape.
+                  [batch_size]}, V = 10 with TTA (TenCrop at the resize
+                  size), else 1 (the whole image resized to H x W); the
+                  last batch is zero-padded (valid False) so every batch
+                  has one shape.
 """
 
 from __future__ import annotations
@@ -262,7 +264,8 @@ def train_batches(split: Split, spec: spec_lib.TrainInput, start_step: int,
   if split.images is not None:
     images = check_images(split, spec)
   elif not lazy:
-    images = augment.load_images(split.paths, resize_hw, what='train images')
+    images = augment.load_images(split.paths, resize_hw, what='train images',
+                                 hint=augment.CONFIG_HINT)
   else:
     logging.info('Train images (%.1f GB decoded) exceed the cache limit '
                  '(%.1f GB): decoding them batch by batch.',
@@ -276,7 +279,7 @@ def train_batches(split: Split, spec: spec_lib.TrainInput, start_step: int,
       return images, idx
     unique, inverse = np.unique(idx, return_inverse=True)
     return augment.load_images([paths[i] for i in unique], resize_hw,
-                               num_threads=2), inverse
+                               num_threads=2, hint=augment.CONFIG_HINT), inverse
 
   def batch(step):
     plan = planner(step, rows)
@@ -296,7 +299,12 @@ def train_batches(split: Split, spec: spec_lib.TrainInput, start_step: int,
 
 def eval_batches(split: Split, spec: spec_lib.EvalInput) -> Prefetcher:
   """Every image of the split once, in order, as padded batches of views
-  (spec.batch_size images each; 10 views with spec.tta, else 1).
+  (spec.batch_size images each).
+
+  spec.tta: the 10 TenCrop views of the image at the resize size. Else one
+  view, the WHOLE image resized to the input size (no crop, as the authors'
+  single-view test transform): files are decoded straight to it, in-memory
+  images (stored at the resize size) resized from there.
 
   Paths are decoded batch by batch (a gallery can be several GB at 288x144).
   """
@@ -307,14 +315,19 @@ def eval_batches(split: Split, spec: spec_lib.EvalInput) -> Prefetcher:
     load: Callable[[int, int], np.ndarray] = lambda lo, hi: images[lo:hi]
   else:
     paths = list(split.paths)
-    load = lambda lo, hi: augment.load_images(paths[lo:hi], resize_hw)
-  views_fn, v = (augment.ten_crop, 10) if tta else (augment.center_crop, 1)
+    load_hw = resize_hw if tta else input_hw
+    load = lambda lo, hi: augment.load_images(paths[lo:hi], load_hw,
+                                        hint=augment.CONFIG_HINT)
+  v = 10 if tta else 1
   n = len(split)
 
   def batch(lo):
     hi = min(n, lo + batch_size)
     views = np.empty((batch_size, v) + input_hw + (3,), np.uint8)
-    views_fn(load(lo, hi), input_hw, out=views[:hi - lo])
+    if tta:
+      augment.ten_crop(load(lo, hi), input_hw, out=views[:hi - lo])
+    else:
+      augment.resize_images(load(lo, hi), input_hw, out=views[:hi - lo, 0])
     # Zero padding, so every batch has one shape (one compilation).
     views[hi - lo:] = 0
     return {'views': views, 'valid': np.arange(batch_size) < hi - lo}

@@ -47,7 +47,8 @@ num_eval_batches = pipeline.num_eval_batches
 
 
 def _decode(path: tf.Tensor, resize_hw: Sequence[int]) -> tf.Tensor:
-  """uint8 [Hr, Wr, 3] from an image file, like augment.load_image."""
+  """uint8 [Hr, Wr, 3] from an image file, like augment.load_image
+  (resize_hw: the resize size, or the input size for a single eval view)."""
   hr, wr = resize_hw
   img = tf.io.decode_image(tf.io.read_file(path), channels=3,
                            dtype=tf.uint8, expand_animations=False)
@@ -58,7 +59,7 @@ def _decode(path: tf.Tensor, resize_hw: Sequence[int]) -> tf.Tensor:
     x = tf.image.resize(img, (hr, wr), method='bilinear', antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
 
-  # Images already at the resize size pass through untouched, as with PIL.
+  # Images already at that size pass through untouched, as with PIL.
   same = tf.reduce_all(tf.equal(tf.shape(img)[:2], (hr, wr)))
   out = tf.cond(same, lambda: img, resize)
   out.set_shape((hr, wr, 3))
@@ -86,16 +87,16 @@ def _crop_flip(images_BxHrxWrx3: tf.Tensor, crop_yx_Bx2: tf.Tensor,
                    parallel_iterations=16)
 
 
-def _views(images_BxHrxWrx3: tf.Tensor, resize_hw: Sequence[int],
+def _views(images_BxHsxWsx3: tf.Tensor, resize_hw: Sequence[int],
            input_hw: Sequence[int], tta: bool) -> tf.Tensor:
-  """uint8 [B, V, H, W, 3]: augment.ten_crop (V=10) or center_crop (V=1)."""
+  """uint8 [B, V, H, W, 3]: augment.ten_crop of images at the resize size
+  (V=10), or (V=1) images already resized whole to the input size."""
+  if not tta:
+    return images_BxHsxWsx3[:, None]
   h, w = input_hw
   offsets = augment.five_crop_offsets(resize_hw, input_hw)
-  if tta:
-    # TenCrop: five-crop the image, then five-crop the flipped image.
-    sources = (images_BxHrxWrx3, tf.reverse(images_BxHrxWrx3, axis=[2]))
-  else:
-    sources, offsets = (images_BxHrxWrx3,), offsets[4:]
+  # TenCrop: five-crop the image, then five-crop the flipped image.
+  sources = (images_BxHsxWsx3, tf.reverse(images_BxHsxWsx3, axis=[2]))
   return tf.stack([src[:, y:y + h, x:x + w]
                    for src in sources for y, x in offsets], axis=1)
 
@@ -234,10 +235,16 @@ def train_batches(split: Split, spec: spec_lib.TrainInput, start_step: int,
 
 
 def eval_batches(split: Split, spec: spec_lib.EvalInput) -> _NumpyIterator:
-  """pipeline.eval_batches with tf.data; the same batches."""
+  """pipeline.eval_batches with tf.data; the same batches.
+
+  Without TTA the one view is the whole image resized to the input size:
+  in-memory images with augment.resize_images (PIL, as pipeline.py, so
+  bit-identical), files decoded straight to it by _decode.
+  """
   resize_hw, input_hw = spec.resize_hw, spec.input_hw
   batch_size, tta, prefetch = spec.batch_size, spec.tta, spec.prefetch
-  hr, wr = resize_hw
+  # The size the views are cut from (TTA) or are (single view).
+  lh, lw = load_hw = resize_hw if tta else input_hw
   n = len(split)
   culprits = None
   if split.images is not None:
@@ -245,11 +252,12 @@ def eval_batches(split: Split, spec: spec_lib.EvalInput) -> _NumpyIterator:
 
     def gather_np(j):
       lo = int(j) * batch_size
-      return images[lo:lo + batch_size]
+      x = images[lo:lo + batch_size]
+      return x if tta else augment.resize_images(x, input_hw)
 
     def load(j):
       x = tf.numpy_function(gather_np, [j], tf.uint8, stateful=False)
-      x.set_shape((None, hr, wr, 3))
+      x.set_shape((None, lh, lw, 3))
       return x
 
     ds = tf.data.Dataset.range(num_eval_batches(n, batch_size)).map(
@@ -258,14 +266,14 @@ def eval_batches(split: Split, spec: spec_lib.EvalInput) -> _NumpyIterator:
     paths = [os.fspath(p) for p in split.paths]
     culprits = lambda pos: paths[pos * batch_size:(pos + 1) * batch_size]
     ds = (tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
-          .map(lambda p: _decode(p, resize_hw),
+          .map(lambda p: _decode(p, load_hw),
                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .batch(batch_size))
 
   def pad_and_crop(x):
     k = tf.shape(x)[0]
     x = tf.pad(x, [[0, batch_size - k], [0, 0], [0, 0], [0, 0]])
-    x.set_shape((batch_size, hr, wr, 3))
+    x.set_shape((batch_size, lh, lw, 3))
     return {'views': _views(x, resize_hw, input_hw, tta),
             'valid': tf.range(batch_size) < k}
 

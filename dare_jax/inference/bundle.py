@@ -64,7 +64,7 @@ ONNX_OPSET = 18
 RUNTIMES = ('jax', 'onnx')
 PLATFORMS = ('cpu', 'cuda')
 # Model fields that name where weights came from, not what the network is.
-_NOT_BUILD = ('pretrained', 'pretrained_heads')
+_NOT_BUILD = ('pretrained', 'pretrained_heads', 'require_pretrained')
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, np.ndarray]:
@@ -99,7 +99,7 @@ def build_fields(model_cfg) -> dict:
 def model_from_fields(fields: Mapping[str, Any]) -> dare.DaRe:
   cfg = ml_collections.ConfigDict(dict(fields))
   for k in _NOT_BUILD:
-    cfg[k] = '' if k == 'pretrained' else False
+    cfg[k] = '' if k == 'pretrained' else False  # none of them builds
   cfg.stage_sizes = tuple(cfg.stage_sizes)
   return dare.from_config(cfg)
 
@@ -197,12 +197,15 @@ def metadata(config, exit_costs: Mapping[str, int],
           'normalization': '(pixels / 255 - mean) / std, per channel',
           'mean': [float(v) for v in d.mean],
           'std': [float(v) for v in d.std],
-          # How the evaluation prepares an image (data/augment.py): resize
-          # to round(H * factor) x round(W * factor), then the centre crop
-          # (tta 1) or the 5 crops and their mirrors (tta 10), averaged.
+          # How the evaluation prepares an image (data/augment.py): tta 10
+          # resizes to round(H * factor) x round(W * factor) and averages
+          # the 5 crops and their mirrors; tta 1 resizes the whole image to
+          # H x W (no crop), as the authors' single view.
           'resize_factor': float(d.resize_factor),
-          'resize': 'bilinear (PIL) to round(H * resize_factor) x '
-                    'round(W * resize_factor), then crop H x W',
+          'resize': 'tta 10: bilinear (PIL) to round(H * resize_factor) x '
+                    'round(W * resize_factor), then the 5 crops H x W and '
+                    'their mirrors; tta 1: bilinear (PIL) of the whole '
+                    'image to H x W, no crop',
       },
       'embeddings': {'names': list(dare.embedding_names(config.model)),
                      'dim': int(model.embedding_dim)},

@@ -15,9 +15,11 @@ No labels, splits or training data are needed; person and camera, when the
 CSV has them, travel with the embeddings (search draws green/red frames).
 
 An image is prepared as --mode=eval prepares it (data/pipeline.eval_batches):
-decoded to RGB, resized bilinearly (PIL) to the bundle's resize size, then
-its 10 TTA views (data/augment.ten_crop) or its centre crop, normalised with
-the bundle's mean and std; the views' embeddings are averaged.
+decoded to RGB, then with tta=10 resized bilinearly (PIL) to the bundle's
+resize size and cut into its 10 TTA views (data/augment.ten_crop), the views'
+embeddings averaged; with tta=1 the whole image resized bilinearly (PIL) to
+the input size, no crop (data/augment.resize_images, as the authors' single
+view). Views are normalised with the bundle's mean and std.
 """
 
 from __future__ import annotations
@@ -213,20 +215,22 @@ def embed_files(forward: Callable, files: Sequence[str], *, input_hw,
   """
   if tta not in TTA:
     raise errors.ConfigError(f'tta={tta}: use 10 (5 crops and their '
-                             'mirrors, averaged) or 1 (the centre crop).')
+                             'mirrors, averaged) or 1 (the whole image '
+                             'resized to the input size).')
   if bad_images not in BAD_IMAGES:
     raise errors.ConfigError(f'bad_images={bad_images!r}: use '
                              f'{" or ".join(BAD_IMAGES)}.')
   if batch < 1:
     raise errors.ConfigError(f'batch={batch} must be >= 1.')
-  views_fn = augment.ten_crop if tta == 10 else augment.center_crop
+  # tta=1 decodes straight to the input size, as eval_batches does files.
+  decode_hw = resize_hw if tta == 10 else input_hw
   starts = list(range(0, len(files), batch))
   chunks, oks = [], []
   pool = concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1))
   ahead = concurrent.futures.ThreadPoolExecutor(1)
 
   def load(lo):
-    return _decode(files[lo:lo + batch], resize_hw, pool, bad_images)
+    return _decode(files[lo:lo + batch], decode_hw, pool, bad_images)
 
   try:
     pending = ahead.submit(load, starts[0]) if starts else None
@@ -239,7 +243,10 @@ def embed_files(forward: Callable, files: Sequence[str], *, input_hw,
       if n:
         rows = batch if pad else n
         views = np.zeros((rows, tta) + tuple(input_hw) + (3,), np.uint8)
-        views_fn(imgs, input_hw, out=views[:n])
+        if tta == 10:
+          augment.ten_crop(imgs, input_hw, out=views[:n])
+        else:
+          augment.resize_images(imgs, input_hw, out=views[:n, 0])
         x = normalize(views.reshape((rows * tta,) + views.shape[2:]))
         out = forward(x)
         chunks.append({k: np.asarray(v, np.float32)
