@@ -4,7 +4,10 @@ The paper's baseline is a sequential ensemble of separately trained
 ResNet-18, -34 and -50 TriNets. The synthetic DaRe (configs/synthetic.py) is
 a 1-block-per-stage basic ResNet at width 16, so its ensemble here is three
 TriNets of that layout at widths 8 (s), 12 (m) and 16 (l): the largest has
-exactly the DaRe's backbone, as ResNet-50 is DaRe's in the paper.
+exactly the DaRe's backbone, as ResNet-50 is DaRe's in the paper. They
+keep the synthetic DaRe's CPU-size schedule (4,000 steps, decay from 2,000),
+not TriNet's 25k / 15k (configs/trinet.py): here the ensemble and the DaRe
+it is compared with are trained alike.
 
   python -m dare_jax.main --config=configs/trinet_synthetic.py:s \
       --workdir=runs/trinet_s

@@ -8,12 +8,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs import market
 from configs import smoke
 from dare_jax import builder
 from dare_jax import errors
+from dare_jax import optim
 from dare_jax import train
 from dare_jax.budget import costs
+from dare_jax.budget import figures
 from dare_jax.budget import report
+from dare_jax.evaluation import features as features_lib
+from dare_jax.evaluation import metrics as metrics_lib
+from tests import stream_reference as ref
 
 FIGURES = ('fig3_exits.png', 'fig5_anytime.png', 'fig5_anytime_map.png',
            'fig6_stream.png', 'fig7_rank_lists.png', 'fig8_easy_hard.png')
@@ -45,6 +51,8 @@ def test_report_files_and_numbers(runs):
   with open(os.path.join(workdir, report.REPORT)) as f:
     saved = json.load(f)
   assert saved['exit_costs'] == costs.config_exit_costs(config)
+  assert saved['costs_source'] == 'traced'
+  assert 'traced' in saved['costs_note']
   # The fusion weights recovered from the features are the checkpoint's.
   state, _ = builder.restore_for_eval(builder.build(config), workdir)
   w = np.asarray(jax.device_get(state.params['fusion']))
@@ -66,6 +74,24 @@ def test_report_files_and_numbers(runs):
     assert len(results) == len(budgets)
     assert results[-1]['exit_fractions'][-1] == 1.0
   assert report.summary_lines(rep)
+  assert '(cumulative, traced)' in report.summary_lines(rep)[0]
+  # Figure 8: distance routing at q = 0.5; easy = left at the first exit,
+  # hard = reached the last (the reference, from the features).
+  feats = features_lib.load_features(os.path.join(workdir, 'features.npz'))
+  ids = [feats[k] for k in features_lib.ID_KEYS]
+  conf = [ref.confidence(np.asarray(metrics_lib.pairwise_distances(
+      feats[f'query_{e}'], feats[f'gallery_{e}'])), *ids, 'distance')
+          for e in ('stage1', 'stage2', 'stage3')]
+  _, easy, hard = ref.easy_hard(conf, 4, q=0.5)
+  ex = saved['examples']
+  n = config.budget.num_examples
+  assert (ex['easy'], ex['hard']) == (easy[:n], hard[:n])
+  assert (ex['stage1_exits_at_that_budget'],
+          ex['last_exits_at_that_budget']) == (len(easy), len(hard))
+  assert ex['easy_hard_q'] == 0.5
+  c_s = saved['stream']['costs']
+  assert ex['easy_hard_budget'] == pytest.approx(
+      np.dot([8, 4, 2, 1], c_s) / 15, rel=1e-12)
 
 
 def test_main_budget_mode_and_trinet_refusal(runs):
@@ -83,3 +109,42 @@ def test_main_budget_mode_and_trinet_refusal(runs):
   report.budget_mode(config, workdir)
   with open(os.path.join(workdir, report.REPORT)) as f:
     assert list(json.load(f)['anytime']) == ['DaRe']
+
+
+def test_costs_sources():
+  """Traced by default; the authors' Caffe counts (DARENet
+  budgeted_stream/main.py) only for their model, without baselines."""
+  c = market.get_config()
+  assert report.exit_costs_of(c, 'authors') == {
+      'stage1': 523568640, 'stage2': 1150094336, 'stage3': 2060915200,
+      'stage4': 2542295040, 'fused': 2542295040}
+  with pytest.raises(errors.ConfigError, match='no baselines'):
+    report.exit_costs_of(c, 'authors', [object()])
+  with pytest.raises(errors.ConfigError, match='ResNet-50 DaRe'):
+    report.exit_costs_of(smoke.get_config(), 'authors')
+  with pytest.raises(errors.ConfigError, match='costs_source'):
+    report.exit_costs_of(c, 'caffe')
+  assert 'traced' in figures.costs_caption('traced')
+  assert "authors' Caffe" in figures.costs_caption('authors')
+  assert figures.costs_caption(None) == ''
+  with pytest.raises(ValueError, match='costs_source'):
+    figures.costs_caption('guessed')
+
+
+@pytest.mark.parametrize('depth', ['18', '34', '50'])
+def test_trinet_config_uses_trinets_schedule(depth):
+  """configs/trinet.py: triplet-reid train.py's 25k steps, Adam 3e-4,
+  exponential decay to 0.001x from 15k (tf.train.exponential_decay of
+  max(0, step - 15000) over 10000 steps), beta1 0.9 -> 0.5 at 15k."""
+  c = report.load_config(f'configs/trinet.py:{depth}')
+  assert (c.model.heads, c.model.depth) == ('trinet', int(depth))
+  assert c.train.num_steps == 25000
+  o = c.optim
+  assert (o.eps0, o.t0, o.t1, o.decay_factor) == (3e-4, 15000, 25000, 0.001)
+  assert (o.beta1, o.beta1_after_t0) == (0.9, 0.5)
+  assert (c.train.P, c.train.K) == (18, 4)  # market1501_train.sh
+  lr, b1 = optim.learning_rate_fn(o), optim.beta1_fn(o)
+  for step in (0, 14999, 15000, 20000, 24999):
+    tf_lr = 3e-4 * 0.001 ** (max(0, step - 15000) / 10000)
+    assert float(lr(step)) == pytest.approx(tf_lr, rel=1e-5)
+    assert float(b1(step)) == pytest.approx(0.9 if step < 15000 else 0.5)

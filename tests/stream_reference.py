@@ -11,7 +11,15 @@ dare_jax.budget.stream (which it must not import):
     confidence is >= the entry at floor((n - 1) * pi_s); an exit with
     pi_s = 0 lets everyone through;
   * confidences on the gallery without junk (pid -1) and the query's own
-    camera (same pid and camid, camid -1 never equal).
+    camera (same pid and camid, camid -1 never equal);
+  * random routing: one generator, np.random.default_rng(seed), seeded once
+    for the whole run; budget after budget, query after query, it hands out
+    one uniform per exit (S of them, the last unused), and the query leaves
+    at the first exit s whose uniform is < pi_s (the authors seed np.random
+    once and draw on across the budgets);
+  * Figure 8 (the authors' budgeted_stream/README.md): distance routing with
+    p_s ~ q^(s-1) at q = 0.5; easy = left at the first exit, hard = reached
+    the last.
 """
 
 from __future__ import annotations
@@ -130,3 +138,31 @@ def route(conf_per_exit, pi):
         break
     exits.append(chosen)
   return exits
+
+
+def route_random(num_q, pi_per_budget, seed):
+  """[budget][q] exits of the random routing, one scalar draw at a time."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for pi in pi_per_budget:
+    exits = []
+    for _ in range(num_q):
+      u = [rng.random() for _ in range(len(pi))]
+      chosen = len(pi) - 1
+      for s in range(len(pi) - 1):
+        if u[s] < pi[s]:
+          chosen = s
+          break
+      exits.append(chosen)
+    out.append(exits)
+  return out
+
+
+def easy_hard(conf_per_exit, num_exits, q=0.5):
+  """(exits, easy, hard) of Figure 8's rule."""
+  weights = [q**s for s in range(num_exits)]
+  p = [w / sum(weights) for w in weights]
+  exits = route(conf_per_exit, conditional(p))
+  easy = [i for i, e in enumerate(exits) if e == 0]
+  hard = [i for i, e in enumerate(exits) if e == num_exits - 1]
+  return exits, easy, hard

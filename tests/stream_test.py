@@ -228,19 +228,100 @@ def test_random_routing_fractions_and_determinism():
   c = np.array(COSTS, float)
   for b in (0.8e9, 1.6e9, 2.4e9):
     p = stream.random_fractions(c, b)
-    exit_q = stream.route_random(20000, stream.conditional(p), seed=3)
+    exit_q = stream.route_random(20000, stream.conditional(p), rng=3)
     got = np.bincount(exit_q, minlength=4) / exit_q.size
     np.testing.assert_allclose(got, p, atol=0.015)
     assert set(np.flatnonzero(got)) <= set(np.flatnonzero(p))
   pi = stream.conditional(stream.random_fractions(c, 1.6e9))
-  np.testing.assert_array_equal(stream.route_random(500, pi, seed=7),
-                                stream.route_random(500, pi, seed=7))
-  assert not np.array_equal(stream.route_random(500, pi, seed=7),
-                            stream.route_random(500, pi, seed=8))
+  np.testing.assert_array_equal(stream.route_random(500, pi, rng=7),
+                                stream.route_random(500, pi, rng=7))
+  assert not np.array_equal(stream.route_random(500, pi, rng=7),
+                            stream.route_random(500, pi, rng=8))
+  # An int seed is a fresh default_rng(seed): one budget's block is
+  # default_rng(seed).random((Q, S)) (the anytime engine draws the same).
+  np.testing.assert_array_equal(
+      stream.route_random(500, pi, rng=7),
+      stream.route_random(500, pi, rng=np.random.default_rng(7)))
   feats = _features()
   a = stream.simulate(feats, EXITS, COSTS, [1.6e9], routing='random', seed=4)
   b = stream.simulate(feats, EXITS, COSTS, [1.6e9], routing='random', seed=4)
   assert a == b
+
+
+def test_random_routing_draws_fresh_uniforms_per_budget():
+  """One stream seeded once: every budget draws on from it (the authors'
+  np.random.seed once, main.py); re-seeding per budget would repeat the
+  same uniforms at every budget and fail here."""
+  feats = _features(3)
+  num_q = feats['query_pids'].size
+  # The same budget twice: the same fractions, different draws.
+  budgets = [1.6e9, 1.6e9, 0.8e9, 2.4e9, COSTS[-1]]
+  pis = [stream.conditional(stream.random_fractions(COSTS, b))
+         for b in budgets]
+  want = ref.route_random(num_q, [ref.conditional(ref.random_fractions(
+      COSTS, b)) for b in budgets], seed=5)
+  rng = np.random.default_rng(5)
+  got = [stream.route_random(num_q, pi, rng) for pi in pis]
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)
+  assert not np.array_equal(got[0], got[1])
+  # simulate() draws the same way: the answers of the reference's exits.
+  ids = _ids(feats)
+  dists = _dists(feats)
+  results = stream.simulate(feats, EXITS, COSTS, budgets, routing='random',
+                            seed=5)
+  for r, w in zip(results, want):
+    np.testing.assert_allclose(r['exit_fractions'],
+                               np.bincount(w, minlength=4) / num_q)
+    rows = np.stack([dists[e][q] for q, e in enumerate(w)])
+    assert r['rank1'] == pytest.approx(
+        mref.evaluate(rows, *ids, ranks=(1,))['rank1'], abs=1e-12)
+
+
+def test_q_fractions_and_the_authors_fig8_budget():
+  np.testing.assert_allclose(stream.q_fractions(4, 0.5),
+                             np.array([8, 4, 2, 1]) / 15, rtol=1e-15)
+  np.testing.assert_array_equal(stream.q_fractions(3, 1.0), [1 / 3] * 3)
+  # budgeted_stream/README.md: q = 0.5 is budget 1030203460.27 with their
+  # Caffe counts (budgeted_stream/main.py, FLOPs).
+  flops = np.array([523568640, 1150094336, 2060915200, 2542295040], float)
+  assert float(stream.q_fractions(4, 0.5) @ flops) == pytest.approx(
+      1030203460.27, abs=0.01)
+  # eq. 3 from that budget gives back q = 0.5.
+  np.testing.assert_allclose(stream.exit_fractions(flops, 1030203460.2666),
+                             stream.q_fractions(4, 0.5), rtol=1e-6)
+  for bad in (0.0, -1.0, np.inf, np.nan):
+    with pytest.raises(ValueError, match='q must be positive'):
+      stream.q_fractions(4, bad)
+
+
+def test_easy_hard_hand_made():
+  # q = 0.5, 4 exits: p = [8, 4, 2, 1] / 15, pi = [8/15, 4/7, 2/3, 1].
+  conf = np.array([[0.2, 9, 9], [0.9, 9, 9], [0.1, 0.4, 9], [0.5, 9, 9],
+                   [0.0, 0.1, 0.7], [0.3, 9, 9], [-1, 0.8, 9],
+                   [-2, 0.0, 0.2], [-3, -1, 0.1]])
+  # Exit 0, thresholds at floor((n - 1) 8/15) of the descending list:
+  # q0 first (leaves), q1 .9 (t .9), q2 .1 < .2 stays, q3 .5 (t .5),
+  # q4 0 < .2 stays, q5 .3 (t .3), q6, q7, q8 below .2 stay. Exit 1
+  # (4/7): q2 first, q4 .1 < .4 stays, q6 .8 leaves, q7 0, q8 -1 < .4 / .1
+  # stay. Exit 2 (2/3): q4 first, q7 .2 < .7 and q8 .1 < .2 go on.
+  exit_q, easy, hard = stream.easy_hard_exits(conf, 4)
+  np.testing.assert_array_equal(exit_q, [0, 0, 1, 0, 2, 0, 1, 3, 3])
+  np.testing.assert_array_equal(easy, [0, 1, 3, 5])
+  np.testing.assert_array_equal(hard, [7, 8])
+  want = ref.easy_hard([list(conf[:, s]) for s in range(3)], 4)
+  assert (exit_q.tolist(), easy.tolist(), hard.tolist()) == want
+  # On features: distance confidences, the reference end to end.
+  feats = _features(1)
+  ids = _ids(feats)
+  dists = _dists(feats)
+  conf = np.stack([stream.confidences(d, *ids, kind='distance')
+                   for d in dists[:-1]], 1)
+  got = stream.easy_hard_exits(conf, 4)
+  want = ref.easy_hard([ref.confidence(d, *ids, 'distance')
+                        for d in dists[:-1]], 4)
+  assert tuple(x.tolist() for x in got) == want
+  assert want[1] and want[2]
 
 
 def test_simulate_rejects_bad_input():

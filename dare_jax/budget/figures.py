@@ -10,7 +10,9 @@ Python / numpy values, and each figure is written as a PNG (matplotlib with
 the Agg backend, imported lazily, no display).
 
 Costs are Mul-Adds; the axes show them scaled by a power of 1000 picked
-from the data ("Mul-Adds, x 1e9").
+from the data ("Mul-Adds, x 1e9"). Figures 5 and 6 take costs_source
+('traced' or 'authors', COSTS_SOURCES) and say in a caption which counts
+they plot.
 """
 
 from __future__ import annotations
@@ -45,6 +47,35 @@ def _pyplot():
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt
+
+
+# What the cost axes of Figures 5 and 6 are, per report.COSTS_SOURCES key.
+COSTS_SOURCES = {
+    'traced': 'Mul-Adds traced from our model (dare_jax/budget/costs.py)',
+    'authors': "Mul-Adds: the DaRe authors' Caffe counts (netscope; "
+               'DARENet budgeted_stream/main.py)',
+}
+
+
+def costs_caption(costs_source: Optional[str]) -> str:
+  """The caption of a cost axis ('' for None); ValueError if unknown."""
+  if costs_source is None:
+    return ''
+  if costs_source not in COSTS_SOURCES:
+    raise ValueError(f'costs_source must be one of {sorted(COSTS_SOURCES)};'
+                     f' got {costs_source!r}.')
+  return 'costs: ' + COSTS_SOURCES[costs_source]
+
+
+def _layout(fig, caption: str) -> None:
+  """tight_layout, with the caption (if any) in a strip at the bottom."""
+  if not caption:
+    fig.tight_layout()
+    return
+  strip = 0.3 / fig.get_figheight()  # 0.3 inch
+  fig.text(0.01, 0.35 * strip, caption, fontsize=8, color='0.25',
+           ha='left', va='center')
+  fig.tight_layout(rect=(0, strip, 1, 1))
 
 
 def _save(plt, fig, out_png: str) -> None:
@@ -181,16 +212,19 @@ def exit_errors(metrics: Mapping[str, Mapping[str, float]],
 
 
 def anytime_curve(curves: Mapping[str, Mapping[str, Sequence]], out_png: str,
-                  metric: str = 'rank1') -> None:
+                  metric: str = 'rank1',
+                  costs_source: Optional[str] = None) -> None:
   """Figure 5: accuracy (%) of the anytime answer against the budget.
 
   curves: {label: {'costs': cumulative Mul-Adds of the successive answers,
   'values': their rank-1 (or mAP) in [0, 1], 'names': the answers' names}}.
   Each curve is a step function (anytime_value): the deepest answer whose
-  cost is <= the budget, nothing below the first cost.
+  cost is <= the budget, nothing below the first cost. costs_source: which
+  Mul-Add counts the costs are (a caption; none if None).
   """
   if metric not in ('rank1', 'mAP'):
     raise ValueError(f"metric must be 'rank1' or 'mAP'; got {metric!r}.")
+  caption = costs_caption(costs_source)
   plt = _pyplot()
   max_cost = max([max(map(float, c['costs'])) for c in curves.values()
                   if len(c['costs'])] + [0.0])
@@ -221,7 +255,7 @@ def anytime_curve(curves: Mapping[str, Mapping[str, Sequence]], out_png: str,
          'the budget')
   ax.grid(alpha=0.3)
   ax.legend(loc='best')
-  fig.tight_layout()
+  _layout(fig, caption)
   _save(plt, fig, out_png)
 
 
@@ -231,7 +265,8 @@ def anytime_curve(curves: Mapping[str, Mapping[str, Sequence]], out_png: str,
 def stream_curves(results: Mapping[str, Sequence[Mapping]],
                   single_exits: Mapping[str, Sequence[float]],
                   out_png: str,
-                  exit_names: Sequence[str] = STREAM_EXITS) -> None:
+                  exit_names: Sequence[str] = STREAM_EXITS,
+                  costs_source: Optional[str] = None) -> None:
   """Figure 6: budgeted stream re-ID.
 
   results: {routing: [{'budget', 'realized_cost', 'rank1', 'mAP',
@@ -239,8 +274,10 @@ def stream_curves(results: Mapping[str, Sequence[Mapping]],
   cost per query, a line per routing. single_exits: {name: (cost, rank1)
   or (cost, rank1, mAP)}, drawn as labelled points (only the 3-tuples in the
   mAP panel). A third panel stacks the exit fractions of the 'margin'
-  routing against the budget, when there is one.
+  routing against the budget, when there is one. costs_source: which
+  Mul-Add counts the costs are (a caption; none if None).
   """
+  caption = costs_caption(costs_source)
   plt = _pyplot()
   routings = [r for r in ROUTINGS if r in results] + [
       r for r in results if r not in ROUTINGS]
@@ -300,7 +337,7 @@ def stream_curves(results: Mapping[str, Sequence[Mapping]],
            title='exit fractions, margin routing')
     ax.grid(alpha=0.3)
     ax.legend(loc='upper right', fontsize=8)
-  fig.tight_layout()
+  _layout(fig, caption)
   _save(plt, fig, out_png)
 
 
@@ -388,18 +425,21 @@ def rank_lists(queries: Sequence[Mapping], out_png: str, k: int = 5) -> None:
 
 
 def easy_hard(easy: Sequence[Mapping], hard: Sequence[Mapping], out_png: str,
-              k: int = 3) -> None:
-  """Figure 8: easy queries (exited at stage 1 and right) beside hard ones
-  (only the last exit is right): the query and the top-k of every exit
-  given; an empty group shows "none"."""
+              k: int = 3, rule: str = '') -> None:
+  """Figure 8: easy queries (left the stream at the first exit) beside hard
+  ones (went on to the last exit), as the authors pick them: distance
+  routing at q = 0.5 (stream.easy_hard_exits); the query and the top-k of
+  every exit given; an empty group shows "none". rule: a caption saying how
+  they were picked (none if empty)."""
   plt = _pyplot()
-  groups = (('easy: exited at stage 1, correct', list(easy)),
-            ('hard: only the last exit is correct', list(hard)))
+  groups = (('easy: left at the first exit (stage 1)', list(easy)),
+            ('hard: went on to the last exit (fused)', list(hard)))
   n_rows = max([1] + [sum(len(it['rows']) for it in g) for _, g in groups])
   fig = plt.figure(figsize=(2 * (1.0 * (k + 1) + 1.2),
-                            1.75 * n_rows + 1.3))
+                            1.75 * n_rows + 1.3 + (0.3 if rule else 0.0)))
   subs = fig.subfigures(1, 2, wspace=0.02)
   height = fig.get_figheight()
+  strip = 0.3 / height if rule else 0.0
   for sub, (title, items) in zip(subs, groups):
     sub.suptitle(title, fontsize=10, fontweight='bold',
                  y=1 - 0.12 / height, va='top')
@@ -411,5 +451,9 @@ def easy_hard(easy: Sequence[Mapping], hard: Sequence[Mapping], out_png: str,
     else:
       _rank_rows(sub, items, k,
                  [_query_title(it, i) for i, it in enumerate(items)],
-                 top=1 - 1.1 / height, bottom=0.1 / height, n_rows=n_rows)
+                 top=1 - 1.1 / height, bottom=0.1 / height + strip,
+                 n_rows=n_rows)
+  if rule:
+    fig.text(0.01, 0.4 * strip, rule, fontsize=8, color='0.25', ha='left',
+             va='center')
   _save(plt, fig, out_png)

@@ -6,6 +6,13 @@ Works from a workdir's features.npz (so from any framework's embeddings)
 plus the config (costs are counted from the model it describes, images for
 the retrieval figures come from its dataset). Baselines are other trained
 workdirs with their configs: a sequential ensemble of TriNets.
+
+Costs (COSTS_SOURCES; budget_report.json's "costs_source" and the captions
+of Figures 5 and 6 say which): 'traced' (the default) counts the Mul-Adds
+of the traced model (dare_jax/budget/costs.py); 'authors' takes the DaRe
+authors' Caffe counts of a ResNet-50 DaRe at 256x128 (AUTHORS_EXIT_COSTS),
+only for that model and without baselines (the authors give no counts for
+the ResNet-18 / -34 TriNets).
 """
 
 from __future__ import annotations
@@ -31,6 +38,16 @@ from dare_jax.evaluation import features as features_lib
 from dare_jax.models import dare
 
 REPORT = 'budget_report.json'
+
+COSTS_SOURCES = ('traced', 'authors')
+# The authors' Mul-Adds (MACCs, counted with netscope on the Caffe
+# ResNet-50 at 256x128) of stage 1, 2, 3 and the fusion: DARENet
+# budgeted_stream/main.py, FLOPs (line 18). They give no separate stage-4
+# count; stage4 gets the fusion's (the weighted sum adds 4 x 128).
+AUTHORS_EXIT_COSTS = {'stage1': 523_568_640, 'stage2': 1_150_094_336,
+                      'stage3': 2_060_915_200, 'stage4': 2_542_295_040,
+                      'fused': 2_542_295_040}
+AUTHORS_COSTS_CITE = 'DARENet budgeted_stream/main.py, FLOPs (netscope)'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +136,36 @@ def _baseline_member(b: Baseline) -> tuple[str, int, dict]:
   return b.label, cost, metrics
 
 
+def _authors_costs_apply(config) -> bool:
+  m = config.model
+  return (m.backbone == 'resnet' and int(m.depth) == 50 and
+          int(m.width) == 64 and m.heads == 'dare' and
+          int(m.head_hidden) == 1024 and int(m.embedding_dim) == 128 and
+          tuple(int(v) for v in config.data.input_size) == (256, 128))
+
+
+def exit_costs_of(config, costs_source: str, baselines=()) -> dict[str, int]:
+  """The cumulative Mul-Adds per exit of config.model from costs_source
+  ('traced' or 'authors'); ConfigError where the authors' do not apply."""
+  if costs_source not in COSTS_SOURCES:
+    raise errors.ConfigError(f'costs_source={costs_source!r}: use one of '
+                             f'{", ".join(COSTS_SOURCES)}.')
+  if costs_source == 'traced':
+    return costs_lib.config_exit_costs(config)
+  if not _authors_costs_apply(config):
+    raise errors.ConfigError(
+        "costs_source='authors': the authors' Mul-Add counts "
+        f'({AUTHORS_COSTS_CITE}) are for a ResNet-50 DaRe (width 64, heads '
+        '1024 -> 128) at 256x128 only; use the traced costs for this model.')
+  if baselines:
+    raise errors.ConfigError(
+        "costs_source='authors' takes no baselines: the authors give no "
+        'Mul-Add counts for the ensemble\'s ResNet-18 / -34 TriNets, and '
+        'traced baseline costs beside their counts would mix two ways of '
+        'counting; use the traced costs.')
+  return dict(AUTHORS_EXIT_COSTS)
+
+
 @dataclasses.dataclass(frozen=True)
 class ReportData:
   """What compute_report finds: the JSON report and the figures' inputs."""
@@ -131,11 +178,16 @@ class ReportData:
 
 
 def compute_report(config, workdir: str,
-                   baselines: Sequence[Baseline] = ()) -> ReportData:
+                   baselines: Sequence[Baseline] = (),
+                   costs_source: str | None = None) -> ReportData:
   """The resource report of workdir/features.npz (train, eval or export
   write it); writes nothing. Each exit's retrieval is computed once and
-  shared by the metrics, the stream and the figures' examples."""
+  shared by the metrics, the stream and the figures' examples.
+  costs_source: 'traced' or 'authors' (module docstring); None reads
+  config.budget.costs_source if the config has one, else 'traced'."""
   bcfg = config.budget
+  if costs_source is None:
+    costs_source = bcfg.get('costs_source', 'traced')
   feats = features_lib.load_features(os.path.join(workdir, 'features.npz'))
   missing = [e for e in dare.EMBEDDINGS
              if e not in features_lib.embedding_names(feats)]
@@ -143,8 +195,9 @@ def compute_report(config, workdir: str,
     raise errors.DataError(
         f'{workdir}/features.npz lacks {", ".join(missing)}: the resource '
         'report needs a DaRe (4 exits and the fusion), not a TriNet.')
-  exit_costs = costs_lib.config_exit_costs(config)
-  logging.info('Mul-Adds per exit (cumulative): %s', exit_costs)
+  exit_costs = exit_costs_of(config, costs_source, baselines)
+  logging.info('Mul-Adds per exit (cumulative, %s): %s', costs_source,
+               exit_costs)
   retrievals = stream.exit_retrievals(feats, dare.EMBEDDINGS,
                                       ap=config.eval.ap)
   metrics = {}
@@ -178,18 +231,25 @@ def compute_report(config, workdir: str,
   # Figure 7: queries the first exit gets wrong and the last gets right
   # show what depth buys; the first such queries in file order.
   fig7 = list(np.flatnonzero(~correct['stage1'] & correct['fused'])[:n])
-  # Figure 8: margin routing at the middle budget; easy = left at stage 1
-  # and right there, hard = only the last answer is right.
-  mid = 0.5 * (c_s[0] + c_s[-1])
-  conf_cols = [retrievals[e].confidences('margin') for e in answers[:-1]]
-  exit_q = stream.route(np.stack(conf_cols, 1), stream.conditional(
-      stream.exit_fractions(c_s, mid)))
-  easy = list(np.flatnonzero((exit_q == 0) & correct['stage1'])[:n])
-  only_last = correct['fused'] & ~np.any(
-      [correct[e] for e in answers[:-1]], axis=0)
-  hard = list(np.flatnonzero(only_last)[:n])
+  # Figure 8, as the authors pick them (budgeted_stream/README.md: the exit
+  # history of distance routing at q = 0.5): easy = left at the first exit,
+  # hard = went on to the last; the first n of each in stream order.
+  q_fig8 = stream.EASY_HARD_Q
+  conf_cols = [retrievals[e].confidences(stream.EASY_HARD_ROUTING)
+               for e in answers[:-1]]
+  _, easy_all, hard_all = stream.easy_hard_exits(
+      np.stack(conf_cols, 1), len(answers), q_fig8)
+  p_fig8 = stream.q_fractions(len(answers), q_fig8)
+  easy, hard = list(easy_all[:n]), list(hard_all[:n])
 
   report = {
+      'costs_source': costs_source,
+      'costs_note': (
+          'Mul-Adds traced from the model (dare_jax/budget/costs.py); the '
+          "authors' Caffe counts are the 'authors' option (ResNet-50 DaRe "
+          'at 256x128 only)' if costs_source == 'traced' else
+          f"the authors' Caffe counts ({AUTHORS_COSTS_CITE}); stage4 = "
+          'fused (they give no stage-4 count)'),
       'exit_costs': exit_costs,
       'metrics': {e: metrics[e] for e in dare.EMBEDDINGS},
       'fusion_weights': weights.tolist(),
@@ -200,8 +260,17 @@ def compute_report(config, workdir: str,
       'examples': {'rank_lists': [int(q) for q in fig7],
                    'easy': [int(q) for q in easy],
                    'hard': [int(q) for q in hard],
-                   'easy_hard_budget': mid,
-                   'stage1_exits_at_that_budget': int(np.sum(exit_q == 0))},
+                   'easy_hard_rule': (
+                       f'{stream.EASY_HARD_ROUTING} routing at q = '
+                       f'{q_fig8:g} (p_s ~ q^(s-1)); easy: left at the '
+                       'first exit, hard: went on to the last; the first '
+                       'of each in stream order'),
+                   'easy_hard_q': q_fig8,
+                   'easy_hard_exit_fractions': p_fig8.tolist(),
+                   'easy_hard_budget': float(p_fig8 @ np.asarray(
+                       c_s, np.float64)),
+                   'stage1_exits_at_that_budget': int(easy_all.size),
+                   'last_exits_at_that_budget': int(hard_all.size)},
   }
   k = bcfg.top_k
   example = lambda q, k: _example(retrievals, answers, dataset, resize_hw,
@@ -220,33 +289,43 @@ def write_report(data: ReportData, workdir: str) -> dict:
   out = lambda name: os.path.join(workdir, name)
   figures.exit_errors(metrics, report['fusion_weights'],
                       out('fig3_exits.png'))
+  source = report.get('costs_source', 'traced')
   for metric, png in (('rank1', 'fig5_anytime.png'),
                       ('mAP', 'fig5_anytime_map.png')):
     figures.anytime_curve(
         {k: {'costs': v['costs'], 'names': v['names'], 'values': v[metric]}
-         for k, v in curves.items()}, out(png), metric=metric)
+         for k, v in curves.items()}, out(png), metric=metric,
+        costs_source=source)
   singles = {e: (exit_costs[e], metrics[e]['rank1'], metrics[e]['mAP'])
              for e in dare.EMBEDDINGS}
   figures.stream_curves(report['stream']['results'], singles,
-                        out('fig6_stream.png'))
+                        out('fig6_stream.png'), costs_source=source)
   figures.rank_lists(data.rank_lists, out('fig7_rank_lists.png'),
                      k=data.top_k)
-  figures.easy_hard(data.easy, data.hard, out('fig8_easy_hard.png'), k=3)
+  ex = report['examples']
+  figures.easy_hard(
+      data.easy, data.hard, out('fig8_easy_hard.png'), k=3,
+      rule=(f'{ex["easy_hard_rule"]} (B = {ex["easy_hard_budget"]:.4g} '
+            f'Mul-Adds; {ex["stage1_exits_at_that_budget"]} easy, '
+            f'{ex["last_exits_at_that_budget"]} hard)'))
   reporting.write_json(out(REPORT), report)
   logging.info('Wrote %s and fig3/5/6/7/8 PNGs in %s.', REPORT, workdir)
   return report
 
 
 def resource_report(config, workdir: str,
-                    baselines: Sequence[Baseline] = ()) -> dict:
+                    baselines: Sequence[Baseline] = (),
+                    costs_source: str | None = None) -> dict:
   """compute_report, then write_report: the figures and budget_report.json
   in workdir; returns the report."""
-  return write_report(compute_report(config, workdir, baselines), workdir)
+  return write_report(
+      compute_report(config, workdir, baselines, costs_source), workdir)
 
 
 def summary_lines(report: dict) -> list[str]:
   """A few lines for the log / terminal."""
-  lines = ['Mul-Adds (cumulative): ' + ', '.join(
+  source = report.get('costs_source', 'traced')
+  lines = [f'Mul-Adds (cumulative, {source}): ' + ', '.join(
       f'{k} {v / 1e6:.1f}M' for k, v in report['exit_costs'].items())]
   for label, c in report['anytime'].items():
     lines.append(f'anytime {label}: ' + ', '.join(
@@ -264,6 +343,12 @@ def summary_lines(report: dict) -> list[str]:
 
 def budget_mode(config, workdir: str) -> dict:
   """--mode=budget: the report without baselines, summarised in the log."""
+  path = os.path.join(workdir, 'features.npz')
+  if not os.path.isfile(path):
+    raise errors.DataNotFoundError(
+        f'--mode=budget reads {path}, which does not exist: train first '
+        '(--mode=train writes it) or write it from a trained checkpoint '
+        'with --mode=export.')
   result = resource_report(config, workdir)
   for line in summary_lines(result):
     logging.info('%s', line)

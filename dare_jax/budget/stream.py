@@ -36,8 +36,18 @@ As the DaRe authors simulate it (Wang et al., CVPR 2018, sec. 3.3 / eq. 3):
   confident); a margin with a single remaining identity is +inf.
 * Random routing (the baseline): the two exits around B (C_s <= B <=
   C_{s+1}) share the queries linearly, p_s = (C_{s+1} - B) / (C_{s+1} - C_s),
-  p_{s+1} = 1 - p_s; each query leaves exit s with probability pi_s (draws
-  from np.random.default_rng(seed)).
+  p_{s+1} = 1 - p_s; each query leaves exit s with probability pi_s. The
+  draws come from ONE stream, np.random.default_rng(seed), created once per
+  simulation: each budget, in the order given, takes a fresh [Q, S] block
+  of uniforms from it (row q, column s; query q leaves at the first s with
+  u < pi_s). So the budgets are independent draws and the whole run is
+  fixed by the seed, as in the authors' simulation (budgeted_stream/main.py
+  seeds np.random once and draws on across all budgets); a single budget's
+  block is default_rng(seed).random((Q, S)).
+* Figure 8's easy and hard queries (easy_hard_exits): the authors' README
+  (budgeted_stream/README.md) takes the exit history of distance routing at
+  q = 0.5, i.e. p_s ~ 0.5^(s-1); easy = the queries that leave at the first
+  exit, hard = those that go on to the last.
 
 Each query is answered with the distances of its exit; the report per
 budget holds the realised exit fractions and mean cost, and rank-1 / mAP
@@ -195,13 +205,50 @@ def route(conf_QxS: np.ndarray, pi_S: Sequence[float]) -> np.ndarray:
 
 
 def route_random(num_q: int, pi_S: Sequence[float],
-                 seed: int = 0) -> np.ndarray:
-  """int [Q] 0-based exit: query q leaves exit s with probability pi_s."""
+                 rng: int | np.random.Generator = 0) -> np.ndarray:
+  """int [Q] 0-based exit: query q leaves exit s with probability pi_s.
+
+  rng: a np.random.Generator, which this call advances by one [Q, S] block
+  of uniforms (the simulation passes the same one for every budget), or an
+  int seed for a fresh default_rng(seed).
+  """
   pi = np.asarray(pi_S, np.float64)
-  u_QxS = np.random.default_rng(seed).random((num_q, pi.size))
+  if not isinstance(rng, np.random.Generator):
+    rng = np.random.default_rng(rng)
+  u_QxS = rng.random((num_q, pi.size))
   leaves_QxS = u_QxS < pi[None, :]
   leaves_QxS[:, -1] = True
   return np.argmax(leaves_QxS, axis=1)
+
+
+# Figure 8 (budgeted_stream/README.md: the exit history at q = 0.5, distance
+# confidence).
+EASY_HARD_Q = 0.5
+EASY_HARD_ROUTING = 'distance'
+
+
+def q_fractions(num_exits: int, q: float) -> np.ndarray:
+  """float64 [S] p_s = q^(s-1) / sum_t q^(t-1): the exit fractions of a
+  given q (the authors' --q_list mode; their budget is sum_s p_s C_s)."""
+  q = float(q)
+  if not (math.isfinite(q) and q > 0) or int(num_exits) < 1:
+    raise errors.ConfigError(f'q must be positive and finite with at least '
+                             f'one exit; got q={q!r}, {num_exits} exits.')
+  w = q ** np.arange(int(num_exits), dtype=np.float64)
+  return w / w.sum()
+
+
+def easy_hard_exits(conf_QxS: np.ndarray, num_exits: int,
+                    q: float = EASY_HARD_Q
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Figure 8's split: (exit_q int [Q], easy, hard int indices in stream
+  order). The stream is routed (route) on conf_QxS, the confidences of
+  EASY_HARD_ROUTING ('distance') at the exits but the last, with the
+  fractions of q (q_fractions); easy = left at the first exit, hard = went
+  on to the last."""
+  exit_q = route(conf_QxS, conditional(q_fractions(num_exits, q)))
+  return (exit_q, np.flatnonzero(exit_q == 0),
+          np.flatnonzero(exit_q == int(num_exits) - 1))
 
 
 def confidences(dist_QxG, q_pids, q_camids, g_pids, g_camids,
@@ -333,7 +380,8 @@ def simulate(feats: Mapping[str, np.ndarray], exits: Sequence[str],
     costs_S: their cumulative costs C_1 < ... < C_S.
     budgets: average budgets per query, reported in this order.
     routing: 'distance', 'margin' or 'random'.
-    seed: the random routing's draws.
+    seed: the random routing's stream, seeded once (each budget, in order,
+      draws a fresh block from it).
     ap: 'market' or 'standard' AP.
 
   Returns:
@@ -363,10 +411,12 @@ def simulate_retrievals(retrievals: Sequence[ExitRetrieval],
     conf_cols = [r.confidences(routing) for r in retrievals[:-1]]
     conf_QxS = (np.stack(conf_cols, axis=1) if conf_cols else
                 np.zeros((num_q, 0)))
+  # One stream for all the budgets: each draws a fresh block from it.
+  rng = np.random.default_rng(seed)
   results = []
   for b in budgets:
     if routing == 'random':
-      exit_q = route_random(num_q, conditional(random_fractions(c, b)), seed)
+      exit_q = route_random(num_q, conditional(random_fractions(c, b)), rng)
     else:
       exit_q = route(conf_QxS, conditional(exit_fractions(c, b)))
     results.append(_report(b, exit_q, per_exit, c))

@@ -17,6 +17,7 @@ Bad flags or files: one line `error: ...` on stderr, exit status 1.
 from absl import app
 from absl import flags
 
+from dare_jax import console
 from dare_jax import errors
 from dare_jax.budget import stream
 from dare_jax.evaluation import features as features_lib
@@ -32,7 +33,8 @@ flags.DEFINE_string('costs', None, 'Cumulative cost of each exit, '
 flags.DEFINE_string('budgets', None, 'Average budgets per query, '
                     'comma-separated.')
 flags.DEFINE_string('routing', 'distance', 'distance, margin or random.')
-flags.DEFINE_string('seed', '0', 'Seed of the random routing.')
+flags.DEFINE_string('seed', '0', 'Seed of the random routing\'s stream '
+                    '(seeded once; each budget, in order, draws on).')
 flags.DEFINE_string('ap', 'market', 'market (official, trapezoidal) or '
                     'standard AP.')
 FLAGS = flags.FLAGS
@@ -75,6 +77,7 @@ def _parse():
 
 
 def main(argv):
+  console.start()
   def compute():
     if len(argv) != 2:
       raise errors.ConfigError(
@@ -88,4 +91,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)
