@@ -28,6 +28,7 @@ def get_config(variant: str = ''):
   c = defaults.get_config()
   c.data.dataset = 'cuhk01'
   c.data.root = _SHARED
+  defaults.dataset_protocol(c)
   c.train.num_steps = 25000
   c.optim.t0 = 15000
   c.optim.t1 = 25000

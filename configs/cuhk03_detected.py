@@ -16,4 +16,5 @@ from dare_jax import defaults
 def get_config():
   c = defaults.get_config()
   c.data.dataset = 'cuhk03_detected'
+  defaults.dataset_protocol(c)
   return c

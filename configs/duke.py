@@ -10,4 +10,5 @@ from dare_jax import defaults
 def get_config():
   c = defaults.get_config()
   c.data.dataset = 'duke'
+  defaults.dataset_protocol(c)
   return c

@@ -18,4 +18,5 @@ from dare_jax import defaults
 def get_config():
   c = defaults.get_config()
   c.data.dataset = 'mars'
+  defaults.dataset_protocol(c)
   return c

@@ -93,11 +93,14 @@ class Built:
 
 
 def build(config, devices=None,
-          tx: Optional[optax.GradientTransformation] = None) -> Built:
+          tx: Optional[optax.GradientTransformation] = None,
+          training: bool = True) -> Built:
   """Validates config for the devices (all of them by default) and builds
-  the mesh, the model and the optimiser (optim.make_optimizer unless `tx`)."""
+  the mesh, the model and the optimiser (optim.make_optimizer unless `tx`).
+  training=False (evaluation, export) skips the checks that only training
+  needs, e.g. that P x K splits over the devices."""
   mesh = distributed.make_mesh(devices)
-  configlib.validate(config, mesh.size)
+  configlib.validate(config, mesh.size, training=training)
   model = dare.from_config(config.model, bn_axis_name=distributed.AXIS)
   tx = tx if tx is not None else optim.make_optimizer(config.optim)
   return Built(config=config, mesh=mesh, model=model, tx=tx)
@@ -139,6 +142,39 @@ def with_pretrained(built: Built, state: TrainState, path: str, heads: bool,
                        batch_stats=placed['batch_stats']), loaded
 
 
+# torchvision's ImageNet files (the V1 weights the authors' code downloads),
+# by (backbone, depth).
+TORCHVISION_FILES = {
+    ('resnet', 18): 'resnet18-5c106cde.pth',
+    ('resnet', 34): 'resnet34-333f7ec4.pth',
+    ('resnet', 50): 'resnet50-19c8e357.pth',
+    ('resnet', 101): 'resnet101-5d3b4d8f.pth',
+    ('densenet', 121): 'densenet121-a639ec97.pth',
+    ('densenet', 161): 'densenet161-8d451a50.pth',
+    ('densenet', 169): 'densenet169-b2777c0a.pth',
+    ('densenet', 201): 'densenet201-c1103571.pth',
+}
+
+
+def check_pretrained(model_cfg) -> None:
+  """ConfigError when a fresh run of a config that starts from ImageNet
+  weights (model.require_pretrained) has no model.pretrained."""
+  m = model_cfg
+  if not m.get('require_pretrained', False) or m.pretrained:
+    return
+  name = TORCHVISION_FILES.get((m.backbone, m.depth),
+                               f'the torchvision {m.backbone}{m.depth} file')
+  raise errors.ConfigError(
+      f'This config trains from ImageNet weights, as the paper does, but '
+      f'model.pretrained is empty. Download {name} '
+      f'(https://download.pytorch.org/models/{name}) and pass '
+      f'--config.model.pretrained=PATH/{name} (without PyTorch on this host: '
+      'convert it once with `python -m dare_jax.tools.convert_weights '
+      f'{name} OUT_DIR --config=...` and pass OUT_DIR/weights.npz), or '
+      'pass --config.model.pretrained=none to train from scratch on '
+      'purpose.')
+
+
 def restore_or_init(built: Built, mngr, workdir: str):
   """(state, meta) in the resume order of the module docstring."""
   restored = restore_latest(built, mngr, workdir)
@@ -146,9 +182,10 @@ def restore_or_init(built: Built, mngr, workdir: str):
     logging.info('Resuming from %s at step %d.', mngr.directory,
                  int(restored[0].step))
     return restored
-  state = built.init_state()
   m = built.config.model
-  if m.pretrained:
+  check_pretrained(m)  # before init_state compiles anything
+  state = built.init_state()
+  if m.pretrained and m.pretrained != 'none':
     state, _ = with_pretrained(built, state, m.pretrained, m.pretrained_heads)
     what = ('backbone, exit heads and fusion' if m.pretrained_heads else
             'backbone')

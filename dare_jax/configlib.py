@@ -31,12 +31,12 @@ def _check_keys(cfg, ref, path: str) -> None:
       _check_keys(cfg[key], ref[key], name)
 
 
-def _check_run(config, num_devices: int) -> None:
+def _check_run(config, num_devices: int, training: bool) -> None:
   t, e = config.train, config.eval
   if t.P < 2 or t.K < 2:
     raise ConfigError(f'train.P={t.P}, train.K={t.K}: batch-hard mining needs '
                      'at least 2 identities (P) and 2 images each (K).')
-  if (t.P * t.K) % num_devices:
+  if training and (t.P * t.K) % num_devices:
     raise ConfigError(
         f'The batch train.P x train.K = {t.P} x {t.K} = {t.P * t.K} does not '
         f'split evenly over {num_devices} devices; choose P and K whose '
@@ -47,12 +47,17 @@ def _check_run(config, num_devices: int) -> None:
   if t.num_steps < 1 or t.checkpoint_every < 1 or t.log_every < 1:
     raise ConfigError('train.num_steps, train.checkpoint_every and '
                      'train.log_every must be >= 1.')
+  if t.profile_steps < 0:
+    raise ConfigError(f'train.profile_steps={t.profile_steps} must be >= 0 '
+                      '(0: no profile).')
 
 
-def validate(config, num_devices: int = 1) -> None:
-  """Raises ConfigError naming the field and the fix."""
+def validate(config, num_devices: int = 1, training: bool = True) -> None:
+  """Raises ConfigError naming the field and the fix; training=False leaves
+  out what only a training run needs (P x K splitting over the devices)."""
   _check_keys(config, defaults.get_config(), '')
-  _check_run(config, num_devices)
+  _check_run(config, num_devices, training)
+  spec.check_train(config.train)
   dare.check_config(config.model)
   optim.check_config(config.optim)
   spec.check_config(config.data)

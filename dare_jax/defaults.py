@@ -42,8 +42,13 @@ def get_config():
   # dare_jax/models/weights.py) for the backbone; the exit heads and fusion
   # start fresh unless pretrained_heads (the file is a whole DaRe, e.g. the
   # authors' released checkpoint).
+  # 'none' = from scratch on purpose (where require_pretrained is on).
   c.model.pretrained = ''
   c.model.pretrained_heads = False
+  # A fresh training run refuses to start without model.pretrained: on in
+  # the dataset configs (the paper starts from ImageNet weights), off here
+  # and in the synthetic, smoke and CPU configs.
+  c.model.require_pretrained = False
 
   # --- loss: batch-hard soft-margin triplet loss (Hermans et al. 2017).
   c.loss = ml_collections.ConfigDict()
@@ -73,6 +78,10 @@ def get_config():
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
   c.train.log_every = 100
+  # A jax.profiler trace of this many steps (0: none), taken after the run's
+  # first step (so not its compilation) into workdir/profile (TensorBoard's
+  # profile plugin or ui.perfetto.dev read it).
+  c.train.profile_steps = 0
 
   # --- data.
   c.data = ml_collections.ConfigDict()
@@ -144,9 +153,24 @@ def get_config():
   return c
 
 
+def dataset_protocol(c) -> None:
+  """What the configs of the paper's datasets share beyond get_config():
+  training starts from ImageNet weights (a fresh run without
+  model.pretrained is refused; 'none' trains from scratch on purpose), and
+  evaluation L2-normalises every query and gallery feature (every pooled
+  tracklet) before the distances and the re-ranking, as the evaluation
+  code the authors' README names does (Zhong et al.'s
+  Market_1501_evaluation.m and CUHK03_evaluation.m, the MARS evaluation
+  code); metrics.json reports the unnormalised ranking beside it."""
+  c.model.require_pretrained = True
+  c.eval.normalize = True
+
+
 def small_cpu_model(c, width: int):
   """A ResNet-18 layout with one basic block per stage at `width` channels:
-  the small model of the synthetic, smoke and CPU configs."""
+  the small model of the synthetic, smoke and CPU configs. It trains from
+  scratch (no ImageNet file has its shapes)."""
+  c.model.require_pretrained = False
   c.model.depth = 0
   c.model.block = 'basic'
   c.model.stage_sizes = (1, 1, 1, 1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from absl import logging
+import ml_collections
 import numpy as np
 
 from dare_jax import builder
@@ -27,14 +28,13 @@ from dare_jax.evaluation import features as features_lib
 from dare_jax.inference import figures
 
 
-def load_dataset(config, workdir: str):
-  """The config's dataset, every split non-empty; creates the workdir."""
+def load_dataset(config, splits=('train', 'query', 'gallery')):
+  """The config's dataset, each of `splits` non-empty."""
   dataset = datasets.load_dataset(config.data)
-  for what in ('train', 'query', 'gallery'):
+  for what in splits:
     if not len(getattr(dataset, what)):
       raise errors.DataError(f'The {what} split of dataset '
                              f'{dataset.name!r} is empty.')
-  os.makedirs(workdir, exist_ok=True)
   return dataset
 
 
@@ -70,10 +70,22 @@ def embed_dataset(config, model, variables, dataset, mesh) -> dict:
 
 
 def score_features(feats, eval_cfg) -> dict:
-  """{embedding name: {rank1, rank5, rank10, mAP, num_valid_queries, ...}},
-  plus {'rerank': {...}} when eval.rerank is on."""
-  return features_lib.evaluate_with_config(
-      feats, eval_cfg, names=features_lib.embedding_names(feats))
+  """{embedding name: {rank1, rank5, rank10, mAP, mINP, num_valid_queries,
+  ...}}, plus {'rerank': {...}} when eval.rerank is on.
+
+  With eval.normalize (the dataset configs: Zhong et al.'s Market-1501 and
+  CUHK03 scripts and the MARS code L2-normalise every feature first) the
+  same evaluation without normalising is added as {'unnormalized': {...}},
+  so both are visible.
+  """
+  names = features_lib.embedding_names(feats)
+  results = features_lib.evaluate_with_config(feats, eval_cfg, names=names)
+  if eval_cfg.normalize:
+    raw = ml_collections.ConfigDict(eval_cfg.to_dict())
+    raw.normalize = False
+    results['unnormalized'] = features_lib.evaluate_with_config(
+        feats, raw, names=names)
+  return results
 
 
 def write_features(path: str, feats) -> None:
@@ -82,55 +94,79 @@ def write_features(path: str, feats) -> None:
   os.replace(tmp, path)
 
 
+def cross_domain_suffix(config, meta: dict) -> str:
+  """'' when the checkpoint was trained on config.data.dataset (or does not
+  say: checkpoints before 2026-12-03, converted weights); '_NAME' when it
+  is evaluated on another dataset NAME (train on Market, test on Duke), so
+  the run's own metrics.json and features.npz stay as they are."""
+  trained_on = meta.get('dataset')
+  name = config.data.dataset
+  return f'_{name}' if trained_on and trained_on != name else ''
+
+
 def run_evaluation(built: builder.Built, dataset, state, workdir: str,
-                   train_loss) -> dict:
+                   train_loss, suffix: str = '') -> dict:
   """Embeds and scores; process 0 writes metrics.json, features.npz and the
-  run's figures in workdir."""
+  run's figures in workdir (with `suffix`, cross_domain_suffix:
+  metrics_NAME.json, features_NAME.npz, ranked_lists_NAME.png and no
+  training figures)."""
   config = built.config
   feats = embed_dataset(config, built.model, builder.variables(state),
                         dataset, built.mesh)
   results = score_features(feats, config.eval)
   results['train_loss'] = train_loss
   if distributed.is_main_process():
-    reporting.write_json(os.path.join(workdir, 'metrics.json'), results)
-    write_features(os.path.join(workdir, 'features.npz'), feats)
-    written = plots.write_run_figures(workdir, results)
-    written.append(write_ranked_lists(config, dataset, feats, workdir))
-    logging.info('Wrote metrics.json, features.npz and %s',
-                 ', '.join(os.path.basename(p) for p in written if p))
+    reporting.write_json(os.path.join(workdir, f'metrics{suffix}.json'),
+                         results)
+    write_features(os.path.join(workdir, f'features{suffix}.npz'), feats)
+    written = [] if suffix else plots.write_run_figures(workdir, results)
+    written.append(write_ranked_lists(config, dataset, feats, workdir,
+                                      suffix))
+    logging.info('Wrote metrics%s.json, features%s.npz and %s', suffix,
+                 suffix, ', '.join(os.path.basename(p) for p in written if p))
   return results
 
 
-def write_ranked_lists(config, dataset, feats, workdir: str):
+def write_ranked_lists(config, dataset, feats, workdir: str,
+                       suffix: str = ''):
   """ranked_lists.png in workdir: the worst and best queries by AP with
   their top 10; None (and no file) for video data."""
   e = config.eval
   return figures.write_ranked_lists(
-      os.path.join(workdir, 'ranked_lists.png'), feats, dataset.query,
+      os.path.join(workdir, f'ranked_lists{suffix}.png'), feats, dataset.query,
       dataset.gallery, image_hw=tuple(config.data.input_size),
       metric=e.metric, normalize=e.normalize, ap=e.ap, n=10, topk=10)
 
 
 def restore(config, workdir: str):
   """(built, dataset, state, meta) for evaluating workdir's latest
-  checkpoint."""
-  built = builder.build(config)
-  dataset = load_dataset(config, workdir)
+  checkpoint. The checkpoint is found before the dataset is read, and
+  nothing is created: a mistyped workdir fails at once and leaves no
+  folder behind."""
+  built = builder.build(config, training=False)
   state, meta = builder.restore_for_eval(built, workdir)
+  # Evaluation reads the query and gallery only; the train split may be
+  # empty (another dataset's test set).
+  dataset = load_dataset(config, splits=('query', 'gallery'))
   return built, dataset, state, meta
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
   built, dataset, state, meta = restore(config, workdir)
+  suffix = cross_domain_suffix(config, meta)
+  if suffix:
+    logging.info('Trained on %s, evaluated on %s: writing metrics%s.json.',
+                 meta['dataset'], config.data.dataset, suffix)
   return run_evaluation(built, dataset, state, workdir,
-                        meta.get('train_loss', {}))
+                        meta.get('train_loss', {}), suffix)
 
 
 def export_features(config, workdir: str) -> str:
-  built, dataset, state, _ = restore(config, workdir)
+  built, dataset, state, meta = restore(config, workdir)
   feats = embed_dataset(config, built.model, builder.variables(state),
                         dataset, built.mesh)
-  path = os.path.join(workdir, 'features.npz')
+  path = os.path.join(workdir,
+                      f'features{cross_domain_suffix(config, meta)}.npz')
   if distributed.is_main_process():
     write_features(path, feats)
   logging.info('Wrote %s', path)

@@ -9,7 +9,7 @@ r"""DaRe in JAX: train, evaluate or export features.
 Fields override with --config.FIELD=VALUE, e.g. --config.train.num_steps=100.
 """
 
-import logging as pylogging
+import sys
 
 from absl import app
 from absl import flags
@@ -17,9 +17,11 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from dare_jax import console
 from dare_jax import distributed
 from dare_jax import errors
 from dare_jax import evaluate
+from dare_jax import health
 from dare_jax import train
 
 FLAGS = flags.FLAGS
@@ -36,19 +38,13 @@ distributed.define_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def _quiet_orbax(record) -> bool:
-  """Orbax narrates every save at INFO; keep its warnings and errors only."""
-  return (record.levelno >= pylogging.WARNING or
-          'orbax' not in record.pathname)
-
-
 def _budget_report(config, workdir):
   from dare_jax.budget import report  # pylint: disable=g-import-not-at-top
   report.budget_mode(config, workdir)
 
 
 def main(argv):
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  console.start()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
@@ -67,10 +63,12 @@ def main(argv):
          'budget': _budget_report}[FLAGS.mode]
   try:
     run(config, FLAGS.workdir)
+  except health.Interrupted as e:
+    sys.stderr.write(f'{e}\n')
+    raise SystemExit(130) from None
   except errors.UserError as e:
-    logging.error('%s', e)
     raise SystemExit(f'error: {e}') from None
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

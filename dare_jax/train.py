@@ -11,6 +11,7 @@ in maintenance mode since JAX 0.8.)
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from absl import logging
@@ -23,6 +24,7 @@ from dare_jax import builder
 from dare_jax import checkpointing
 from dare_jax import distributed
 from dare_jax import evaluate
+from dare_jax import health
 from dare_jax import losses
 from dare_jax import optim
 from dare_jax import reporting
@@ -82,6 +84,9 @@ def make_train_step(config, model, tx, mesh: Mesh) -> Callable:
     metrics = {'loss': total, **{f'loss_{k}': v for k, v in per_exit.items()}}
     metrics = jax.lax.pmean(metrics, AXIS)
     metrics['lr'] = lr_fn(state.step)
+    # Replicated after the implicit psum above, so these need no collective.
+    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['param_norm'] = optax.global_norm(new_state.params)
     return new_state, metrics
 
   step = jax.shard_map(per_device, mesh=mesh,
@@ -91,18 +96,32 @@ def make_train_step(config, model, tx, mesh: Mesh) -> Callable:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains from workdir's latest checkpoint (or the resume order of
-  builder.restore_or_init) up to train.num_steps, then evaluates."""
+  builder.restore_or_init) up to train.num_steps, then evaluates.
+
+  Raises health.Interrupted after saving a checkpoint on Ctrl-C / SIGTERM,
+  and health.NonFiniteError (saving nothing more) when a step's loss or
+  gradient is NaN or infinite.
+  """
   built = builder.build(config)
-  dataset = evaluate.load_dataset(config, workdir)
+  os.makedirs(workdir, exist_ok=True)
   t = config.train
   mngr = builder.checkpoint_manager(config, workdir)
+  # Before the dataset is read: a config that needs pretrained weights
+  # fails in a second, not after minutes of decoding.
   state, meta = builder.restore_or_init(built, mngr, workdir)
+  dataset = evaluate.load_dataset(config)
+  if config.data.bad_images == 'error' and int(state.step) < t.num_steps:
+    from dare_jax.data.readers import bad_images  # pylint: disable=g-import-not-at-top
+    bad_images.check_readable(dataset)
   start = int(state.step)
   train_loss = meta.get('train_loss', {})
   fingerprint = checkpointing.model_fingerprint(config.model)
   logging.info('%d devices, %d processes; global batch %d x %d = %d; '
                'steps %d -> %d', jax.device_count(), jax.process_count(),
                t.P, t.K, t.P * t.K, start, t.num_steps)
+  warning = health.schedule_warning(config)
+  if warning and start < t.num_steps:
+    logging.warning('%s', warning)
 
   if start < t.num_steps:
     train_step = make_train_step(config, built.model, built.tx, built.mesh)
@@ -112,24 +131,85 @@ def train_and_evaluate(config, workdir: str) -> dict:
     rows = distributed.process_rows(built.mesh, AXIS, global_batch)
     batches = datasets.pipeline_module(config.data.pipeline).train_batches(
         dataset.train, train_input, start, rows=rows)
-    for batch in batches:
-      state, metrics = train_step(
-          state, distributed.shard_batch(batch, built.mesh, global_batch))
-      done = int(batch['step']) + 1
-      last = done == t.num_steps
-      log, ckpt = (done % t.log_every == 0 or last,
-                   done % t.checkpoint_every == 0 or last)
-      if log or ckpt:
-        host = jax.device_get(metrics)
-        train_loss = {k[len('loss_'):]: float(v) for k, v in host.items()
-                      if k.startswith('loss_')}
-        if log:
-          reporter.log(done, host)
-        if ckpt:
-          checkpointing.save(mngr, done, state,
-                             {'model': fingerprint, 'train_loss': train_loss},
-                             force=last)
-    mngr.wait_until_finished()
-    reporter.close()
-  mngr.close()
+    collapse = health.CollapseWatch()
+    profile = _Profiler(os.path.join(workdir, 'profile'), start + 1,
+                        t.profile_steps)
+    previous = None  # (step, metrics) of the step before, checked one late
+    try:
+      with health.Interrupt(enabled=jax.process_count() == 1) as stop:
+        for batch in batches:
+          state, metrics = train_step(
+              state, distributed.shard_batch(batch, built.mesh, global_batch))
+          done = int(batch['step']) + 1
+          # The previous step has finished (or nearly) while this one is
+          # queued: checking it now names the first bad step without
+          # waiting for the device every step.
+          if previous is not None:
+            health.check_finite(previous[0], jax.device_get(
+                {k: previous[1][k] for k in health.WATCHED}))
+          previous = (done, metrics)
+          profile.after_step(done, metrics)
+          last = done == t.num_steps
+          # Multi-process: the JAX preemption service (jax.distributed; a
+          # scheduler's SIGTERM to any process) names a step every process
+          # reaches, Orbax says when it is here; False on one process.
+          preempted = mngr.reached_preemption(done)
+          leave = stop.requested or preempted
+          log, ckpt = (done % t.log_every == 0 or last,
+                       done % t.checkpoint_every == 0 or last or leave)
+          if log or ckpt:
+            host = jax.device_get(metrics)
+            health.check_finite(done, host)  # before anything is saved
+            train_loss = {k[len('loss_'):]: float(v) for k, v in host.items()
+                          if k.startswith('loss_')}
+            if log:
+              reporter.log(done, host)
+              collapse.update(done, host)
+            if ckpt:
+              checkpointing.save(mngr, done, state,
+                                 {'model': fingerprint,
+                                  'train_loss': train_loss,
+                                  'dataset': config.data.dataset},
+                                 force=last or leave)
+          if leave and not last:
+            mngr.wait_until_finished()
+            raise health.Interrupted(
+                f'{stop.signal_name or "Preemption"} at step {done}: saved a '
+                f'checkpoint at step {done} in {mngr.directory}; run the same '
+                'command again to resume.')
+    finally:
+      profile.close()
+      mngr.wait_until_finished()
+      reporter.close()
+      mngr.close()
+  else:
+    mngr.close()
   return evaluate.run_evaluation(built, dataset, state, workdir, train_loss)
+
+
+class _Profiler:
+  """A jax.profiler trace of `num_steps` steps after step `first` (so the
+  compilation is not in it); nothing when num_steps is 0."""
+
+  def __init__(self, trace_dir: str, first: int, num_steps: int):
+    self._dir, self._first, self._n = trace_dir, first, num_steps
+    self._on = False
+
+  def after_step(self, step: int, metrics) -> None:
+    if not self._n or not distributed.is_main_process():
+      return
+    if step == self._first:
+      jax.block_until_ready(metrics)
+      jax.profiler.start_trace(self._dir)
+      self._on = True
+    elif self._on and step >= self._first + self._n:
+      jax.block_until_ready(metrics)
+      self.close()
+      logging.info('Wrote a profile of steps %d-%d to %s (open it with '
+                   'TensorBoard\'s profile plugin or ui.perfetto.dev).',
+                   self._first + 1, step, self._dir)
+
+  def close(self) -> None:
+    if self._on:
+      jax.profiler.stop_trace()
+      self._on = False

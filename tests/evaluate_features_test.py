@@ -131,3 +131,32 @@ def test_cli_rerank_matches_the_authors_algorithm(tmp_path):
     want = _reranked_reference(feats, name, 8, 3, 0.2)
     for key in ('rank1', 'rank5', 'rank10', 'mAP', 'mINP'):
       assert r[key] == pytest.approx(want[key], abs=1e-6), (name, key)
+
+
+def test_dataset_configs_normalise_and_report_the_unnormalised_beside():
+  """Issue 14 item 1: the paper's dataset configs evaluate L2-normalised
+  features as the official scripts do; metrics.json also holds the
+  unnormalised ranking."""
+  from configs import duke, market, mars, smoke  # pylint: disable=g-import-not-at-top
+  from dare_jax import evaluate  # pylint: disable=g-import-not-at-top
+  for cfg in (market, duke, mars):
+    assert cfg.get_config().eval.normalize
+  feats = _features()
+  # Scale the gallery rows unevenly so that normalising changes the ranking.
+  rng = np.random.default_rng(5)
+  for name in ('early', 'late'):
+    feats[f'gallery_{name}'] *= rng.uniform(0.2, 5.0, (97, 1)).astype(
+        np.float32)
+  eval_cfg = market.get_config().eval
+  got = evaluate.score_features(feats, eval_cfg)
+  assert set(got) == {'early', 'late', 'unnormalized'}
+  for name in ('early', 'late'):
+    normed, raw = (_reference(feats, name, normalize=True),
+                   _reference(feats, name, normalize=False))
+    assert normed['mAP'] != pytest.approx(raw['mAP'], abs=1e-3)
+    for key in ('rank1', 'mAP', 'mINP'):
+      assert got[name][key] == pytest.approx(normed[key], abs=1e-6)
+      assert got['unnormalized'][name][key] == pytest.approx(raw[key],
+                                                             abs=1e-6)
+  assert 'unnormalized' not in evaluate.score_features(
+      feats, smoke.get_config().eval)

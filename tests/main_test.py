@@ -148,7 +148,7 @@ def test_missing_data_root_and_unimplemented_reader(tmp_path):
   c = default.get_config()
   c.data.root = str(tmp_path / 'nope')
   with pytest.raises(errors.DataNotFoundError, match='nope'):
-    evaluate.load_dataset(c, str(tmp_path / 'w'))
+    evaluate.load_dataset(c)
   r = subprocess.run(
       _main(tmp_path / 'w', f'--config.data.root={tmp_path}',
             config='configs/market.py'),
@@ -165,7 +165,7 @@ def test_empty_split_is_refused(tmp_path, monkeypatch):
   monkeypatch.setattr(datasets, 'load_dataset',
                       lambda cfg: ReidDataset('empty', empty, empty, empty))
   with pytest.raises(errors.DataError, match='train split.*empty'):
-    evaluate.load_dataset(smoke.get_config(), str(tmp_path / 'w'))
+    evaluate.load_dataset(smoke.get_config())
 
 
 def test_workdir_of_a_different_model_is_refused(tmp_path):
@@ -183,7 +183,11 @@ def test_workdir_of_a_different_model_is_refused(tmp_path):
 def test_trinet_trains_and_reports_its_one_embedding(tmp_path):
   config = _smoke(tmp_path, num_steps=2)
   config.model.heads = 'trinet'
+  config.train.profile_steps = 1  # train.profile_steps: a trace of step 2
   results = train.train_and_evaluate(config, str(tmp_path / 'trinet'))
+  traces = [f for _, _, fs in os.walk(tmp_path / 'trinet' / 'profile')
+            for f in fs if f.endswith('.xplane.pb')]
+  assert len(traces) == 1
   assert set(results) == {'stage4', 'train_loss'}
   assert set(results['train_loss']) == {'stage4'}
   feats = np.load(tmp_path / 'trinet' / 'features.npz')

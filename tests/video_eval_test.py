@@ -61,7 +61,7 @@ def _config(tmp_path):
 def test_tracklet_embeddings_are_the_mean_of_their_frames(tmp_path):
   config = _config(tmp_path)
   built = builder.build(config)
-  dataset = evaluate.load_dataset(config, str(tmp_path / 'run'))
+  dataset = evaluate.load_dataset(config)
   variables = builder.variables(built.init_state())
   feats = evaluate.embed_dataset(config, built.model, variables, dataset,
                                  built.mesh)

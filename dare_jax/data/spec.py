@@ -167,7 +167,8 @@ class TrainInput(ImageSize, Augmentation):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EvalInput(ImageSize):
   """eval_batches' input: padded batches of batch_size images' views (10
-  with TTA, else the centre crop), `prefetch` batches ahead."""
+  with TTA: TenCrop at the resize size; else 1: the whole image resized to
+  input_hw, no crop, as the authors), `prefetch` batches ahead."""
   batch_size: int
   tta: bool = True
   prefetch: int = 2
@@ -239,6 +240,10 @@ def check_dataset(data_cfg) -> None:
   source); not data.root, which only loading the dataset needs."""
   d = data_cfg
   name = d.dataset
+  if d.bad_images not in BAD_IMAGES:
+    raise errors.ConfigError(
+        f"data.bad_images={d.bad_images!r}: use 'error' (stop at the first "
+        "unreadable image, naming it) or 'skip' (leave such images out).")
   if name == 'synthetic':
     from dare_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     s = d.synthetic
@@ -250,9 +255,6 @@ def check_dataset(data_cfg) -> None:
   if name not in DATASETS:
     raise errors.ConfigError(
         f'Unknown data.dataset={name!r}; known: {", ".join(DATASETS)}.')
-  if d.bad_images not in BAD_IMAGES:
-    raise errors.ConfigError(
-        f"data.bad_images={d.bad_images!r}: use 'error' or 'skip'.")
   if d.source == 'tfds':
     check_tfds_dataset(name)
   elif d.source not in SOURCES:

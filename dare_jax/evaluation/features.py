@@ -12,6 +12,7 @@ Every NAME that has both a query_ and a gallery_ array is evaluated.
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Mapping, Optional, Sequence
 
 from absl import logging
@@ -83,10 +84,21 @@ def check_features(feats: Mapping[str, np.ndarray], source: str) -> list[str]:
   return names
 
 
+def check_npz(path: str, what: str = 'features file') -> None:
+  """DataError unless path is an .npz (a zip of .npy arrays); numpy would
+  call any other file 'pickled data'."""
+  if not zipfile.is_zipfile(path):
+    raise errors.DataError(
+        f'{path} is not an .npz file (a zip archive of arrays, as '
+        f'numpy.savez writes); a {what} comes from --mode=export, '
+        '--mode=eval or tools/embed.')
+
+
 def load_features(path: str) -> dict[str, np.ndarray]:
   """Reads and validates a features .npz (see the module docstring)."""
   if not os.path.isfile(path):
     raise errors.DataNotFoundError(f'Features file not found: {path}')
+  check_npz(path)
   try:
     with np.load(path, allow_pickle=False) as f:
       feats = {k: f[k] for k in f.files}

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from dare_jax import errors
+from dare_jax.evaluation import features as features_lib
 from dare_jax.evaluation import metrics
 from dare_jax.evaluation import rerank as rerank_lib
 from dare_jax.inference import images as images_lib
@@ -93,6 +94,7 @@ def load(path: str, bundle=None) -> Features:
   fingerprint)."""
   if not os.path.isfile(path):
     raise errors.DataNotFoundError(f'{path}: no such features file.')
+  features_lib.check_npz(path)
   with np.load(path) as z:
     missing = [k for k in ('paths', 'tta', 'bundle') if k not in z.files]
     if missing:

@@ -99,3 +99,29 @@ def drop_bad_images(ds: ReidDataset, num_threads: Optional[int] = None
           f'{ds.name}: no image of the {name} split can be decoded (e.g. '
           f'{bad[0]}); check the dataset files.')
   return dataclasses.replace(ds, **splits), bad
+
+
+def check_readable(ds: ReidDataset, splits: Sequence[str] = ('query',
+                                                             'gallery'),
+                   num_threads: Optional[int] = None) -> int:
+  """data.bad_images='error' before training: DataError naming the images of
+  `splits` that cannot be decoded, so that a corrupt gallery image stops
+  the run at its start rather than at the evaluation after training.
+  Returns how many images were checked (0 for in-memory splits)."""
+  paths = [p for name in splits if getattr(ds, name).paths is not None
+           for p in getattr(ds, name).paths]
+  if not paths:
+    return 0
+  logging.info('%s: checking that the %d %s images decode before training '
+               '(data.bad_images=\'error\').', ds.name, len(set(paths)),
+               ' and '.join(splits))
+  bad = find_bad_images(paths, num_threads)
+  if bad:
+    raise errors.DataError(
+        f'{ds.name}: {len(bad)} {" / ".join(splits)} image(s) cannot be '
+        f'decoded: {", ".join(bad[:_SHOW_BAD])}'
+        f'{" ..." if len(bad) > _SHOW_BAD else ""}. Evaluation after '
+        'training would fail on them. Replace them, or set '
+        '--config.data.bad_images=skip to leave out the images that cannot '
+        'be read (they are counted and logged).')
+  return len(set(paths))
