@@ -37,8 +37,9 @@ flags.DEFINE_string(
     "JAX's persistent compilation cache: a folder, or 'off'. Default: "
     '$XDG_CACHE_HOME/dare_jax/jax_cache (~/.cache/dare_jax/jax_cache); '
     'JAX_COMPILATION_CACHE_DIR in the environment wins.')
-# Programs that compile for less than this are not worth a cache entry.
-_CACHE_MIN_COMPILE_SECS = 0.2
+# Every program is cached: at 0.2 s a warm `evaluate_features --rerank` still
+# compiled its many small programs, 3.6 s against 2.6 s (docs/benchmarks.md).
+_CACHE_MIN_COMPILE_SECS = 0.0
 
 
 def default_cache_dir() -> str:
