@@ -86,7 +86,7 @@ def get_config():
   # --- data.
   c.data = ml_collections.ConfigDict()
   c.data.dataset = 'market'  # market, duke, cuhk03_labeled, cuhk03_detected,
-  #                            mars, cuhk01, folder, synthetic
+  #                            mars, cuhk01, msmt17, folder, synthetic
   c.data.root = ''  # the extracted official archive (TFDS: its manual_dir)
   # 'folder': read data.root directly; 'tfds': through the TFDS builder of
   # dare_jax/data/tfds_builders.py (same reader, prepared once into
@@ -99,6 +99,9 @@ def get_config():
   c.data.manifest = ''
   c.data.split_seed = 0  # CUHK01: which 485 / 486 identities train / test
   c.data.cuhk01_num_test_ids = 486
+  # MSMT17: train on list_train + list_val (the official 32,621 boxes);
+  # False = list_train only (torchreid's and fast-reid's default).
+  c.data.msmt17_val_in_train = True
   # An image that cannot be decoded: 'error' stops naming the file; 'skip'
   # checks every image once when the dataset is read, drops the bad ones
   # and reports their count and names.

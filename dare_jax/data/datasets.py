@@ -22,6 +22,7 @@ _READERS = {
     'cuhk03_detected': ('cuhk03', 'read_cuhk03'),
     'mars': ('mars', 'read_mars'),
     'cuhk01': ('cuhk01', 'read_cuhk01'),
+    'msmt17': ('msmt17', 'read_msmt17'),
     'folder': ('folder', 'read_folder'),
 }
 DATASETS = spec_lib.DATASETS  # 'synthetic' + _READERS
@@ -58,6 +59,8 @@ def _read_folder(data_cfg) -> ReidDataset:
   if name == 'cuhk01':
     return read(root, split_seed=data_cfg.split_seed,
                 num_test_ids=data_cfg.cuhk01_num_test_ids)
+  if name == 'msmt17':
+    return read(root, val_in_train=bool(data_cfg.msmt17_val_in_train))
   return read(root)
 
 

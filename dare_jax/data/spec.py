@@ -27,7 +27,7 @@ from dare_jax.data.types import Split
 PIPELINES = ('tf', 'numpy')
 # data.dataset; datasets.py maps every name but 'synthetic' to its reader.
 DATASETS = ('synthetic', 'market', 'duke', 'cuhk03_labeled',
-            'cuhk03_detected', 'mars', 'cuhk01', 'folder')
+            'cuhk03_detected', 'mars', 'cuhk01', 'msmt17', 'folder')
 SOURCES = ('folder', 'tfds')
 BAD_IMAGES = ('error', 'skip')
 
