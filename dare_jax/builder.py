@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any, Callable, Optional
 
 from absl import logging
@@ -31,6 +30,7 @@ from dare_jax import checkpointing
 from dare_jax import configlib
 from dare_jax import distributed
 from dare_jax import errors
+from dare_jax import fileio
 from dare_jax import optim
 from dare_jax.models import dare
 
@@ -201,7 +201,7 @@ def restore_for_eval(built: Built, workdir: str, step: Optional[int] = None):
   mngr.close()
   if restored is None:
     raise errors.CheckpointError(
-        f'No checkpoint in {os.path.join(workdir, "checkpoints")}: train '
+        f'No checkpoint in {fileio.join(workdir, "checkpoints")}: train '
         'first (--mode=train) or point --workdir at a trained run.')
   logging.info('Restored step %d from %s.', int(restored[0].step), workdir)
   return restored

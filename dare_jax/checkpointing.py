@@ -9,12 +9,12 @@ with the fields that differ instead of an opaque shape error.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
+from dare_jax import fileio
 from dare_jax.errors import CheckpointError
 
 # Fields of config.model that do not change the parameter tree.
@@ -46,7 +46,7 @@ def manager(workdir: str, checkpoint_every: int, keep: int,
         save_interval_steps=checkpoint_every, max_to_keep=keep, create=True,
         cleanup_tmp_directories=True)
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
+      fileio.join(fileio.absolute(workdir), 'checkpoints'), options=options,
       item_names=('state', 'meta'))
 
 

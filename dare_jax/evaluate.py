@@ -10,15 +10,13 @@ Training calls run_evaluation on its final state.
 
 from __future__ import annotations
 
-import os
-
 from absl import logging
 import ml_collections
-import numpy as np
 
 from dare_jax import builder
 from dare_jax import distributed
 from dare_jax import errors
+from dare_jax import fileio
 from dare_jax import plots
 from dare_jax import reporting
 from dare_jax.data import datasets
@@ -89,9 +87,7 @@ def score_features(feats, eval_cfg) -> dict:
 
 
 def write_features(path: str, feats) -> None:
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **feats)
-  os.replace(tmp, path)
+  fileio.save_npz(path, feats)
 
 
 def cross_domain_suffix(config, meta: dict) -> str:
@@ -116,14 +112,14 @@ def run_evaluation(built: builder.Built, dataset, state, workdir: str,
   results = score_features(feats, config.eval)
   results['train_loss'] = train_loss
   if distributed.is_main_process():
-    reporting.write_json(os.path.join(workdir, f'metrics{suffix}.json'),
+    reporting.write_json(fileio.join(workdir, f'metrics{suffix}.json'),
                          results)
-    write_features(os.path.join(workdir, f'features{suffix}.npz'), feats)
+    write_features(fileio.join(workdir, f'features{suffix}.npz'), feats)
     written = [] if suffix else plots.write_run_figures(workdir, results)
     written.append(write_ranked_lists(config, dataset, feats, workdir,
                                       suffix))
     logging.info('Wrote metrics%s.json, features%s.npz and %s', suffix,
-                 suffix, ', '.join(os.path.basename(p) for p in written if p))
+                 suffix, ', '.join(fileio.basename(p) for p in written if p))
   return results
 
 
@@ -133,7 +129,7 @@ def write_ranked_lists(config, dataset, feats, workdir: str,
   their top 10; None (and no file) for video data."""
   e = config.eval
   return figures.write_ranked_lists(
-      os.path.join(workdir, f'ranked_lists{suffix}.png'), feats, dataset.query,
+      fileio.join(workdir, f'ranked_lists{suffix}.png'), feats, dataset.query,
       dataset.gallery, image_hw=tuple(config.data.input_size),
       metric=e.metric, normalize=e.normalize, ap=e.ap, n=10, topk=10)
 
@@ -165,7 +161,7 @@ def export_features(config, workdir: str) -> str:
   built, dataset, state, meta = restore(config, workdir)
   feats = embed_dataset(config, built.model, builder.variables(state),
                         dataset, built.mesh)
-  path = os.path.join(workdir,
+  path = fileio.join(workdir,
                       f'features{cross_domain_suffix(config, meta)}.npz')
   if distributed.is_main_process():
     write_features(path, feats)

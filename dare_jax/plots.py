@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Mapping
 
+from dare_jax import fileio
 from dare_jax.models.dare import EMBEDDINGS
 
 
@@ -19,11 +19,10 @@ def _pyplot():
 def read_train_log(path: str) -> list[dict]:
   """The records of train_log.jsonl; a resumed run's repeats keep the last."""
   by_step = {}
-  with open(path) as f:
-    for line in f:
-      if line.strip():
-        rec = json.loads(line)
-        by_step[rec['step']] = rec
+  for line in fileio.read_text(path).splitlines():
+    if line.strip():
+      rec = json.loads(line)
+      by_step[rec['step']] = rec
   return [by_step[s] for s in sorted(by_step)]
 
 
@@ -45,7 +44,7 @@ def training_curves(records: list[dict], out_png: str) -> None:
             title='learning rate')
   ax_lr.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(out_png, dpi=110)
+  fileio.save_figure(fig, out_png, dpi=110)
   plt.close(fig)
 
 
@@ -65,19 +64,19 @@ def exit_accuracy(metrics: Mapping[str, Mapping[str, float]],
   ax.set(ylabel='%', ylim=(0, 105), title='accuracy per exit')
   ax.legend(loc='lower right')
   fig.tight_layout()
-  fig.savefig(out_png, dpi=110)
+  fileio.save_figure(fig, out_png, dpi=110)
   plt.close(fig)
 
 
 def write_run_figures(workdir: str, metrics) -> list[str]:
   """training.png (if there is a train log) and exits.png in workdir."""
   written = []
-  log = os.path.join(workdir, 'train_log.jsonl')
-  if os.path.exists(log):
+  log = fileio.join(workdir, 'train_log.jsonl')
+  if fileio.exists(log):
     records = read_train_log(log)
     if records:
-      written.append(os.path.join(workdir, 'training.png'))
+      written.append(fileio.join(workdir, 'training.png'))
       training_curves(records, written[-1])
-  written.append(os.path.join(workdir, 'exits.png'))
+  written.append(fileio.join(workdir, 'exits.png'))
   exit_accuracy(metrics, written[-1])
   return written

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 
 from absl import logging
 
 from dare_jax import distributed
+from dare_jax import fileio
 
 
 def strict(obj):
@@ -42,10 +42,7 @@ def write_json(path: str, obj) -> None:
   """Atomic (a crash never leaves half a file behind), strict JSON (NaN and
   infinities as null); numpy scalars are written as the Python numbers they
   hold."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(dumps(obj, indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  fileio.write_text(path, dumps(obj, indent=2, sort_keys=True))
 
 
 def _duration(seconds: float) -> str:
@@ -53,6 +50,30 @@ def _duration(seconds: float) -> str:
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+def _tensorboard_writer(tb_dir: str):
+  """A tensorboardX SummaryWriter in tb_dir, or None (and why, logged):
+  train_log.jsonl has every logged step either way."""
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.warning('tensorboardX is not installed: no TensorBoard logs.')
+    return None
+  if tb_dir.startswith('gs://') and not getattr(record_writer, 'GCS_ENABLED',
+                                                 True):
+    logging.warning('No TensorBoard logs in %s: tensorboardX writes gs:// '
+                    'with google-cloud-storage (pip install '
+                    'google-cloud-storage); train_log.jsonl has every logged '
+                    'step.', tb_dir)
+    return None
+  try:
+    return tensorboardX.SummaryWriter(tb_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('No TensorBoard logs in %s (%s: %s); train_log.jsonl has '
+                    'every logged step.', tb_dir, type(e).__name__, e)
+    return None
 
 
 class Reporter:
@@ -66,12 +87,8 @@ class Reporter:
     self._step_first = start_step
     self._tb = self._jsonl = None
     if self._main:
-      try:
-        import tensorboardX  # pylint: disable=g-import-not-at-top
-        self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tb'))
-      except ImportError:
-        logging.warning('tensorboardX is not installed: no TensorBoard logs.')
-      self._jsonl = open(os.path.join(workdir, 'train_log.jsonl'), 'a')
+      self._tb = _tensorboard_writer(fileio.join(workdir, 'tb'))
+      self._jsonl = fileio.AppendLog(fileio.join(workdir, 'train_log.jsonl'))
 
   def log(self, step: int, metrics: dict) -> None:
     if not self._main:
@@ -93,14 +110,18 @@ class Reporter:
                  step, self._num_steps, 100.0 * step / self._num_steps,
                  metrics['loss'], exits, metrics['lr'], speed, eta)
     record = dict(metrics, step=step, images_per_s=rate, time=now)
-    self._jsonl.write(dumps(record) + '\n')
-    self._jsonl.flush()
+    self._jsonl.write_line(dumps(record))
     if self._tb is not None:
       for k, v in metrics.items():
         self._tb.add_scalar(f'train/{k}', v, step)
       if rate is not None:
         self._tb.add_scalar('train/images_per_s', rate, step)
       self._tb.flush()
+
+  def flush(self) -> None:
+    """Writes out what a remote train_log.jsonl holds in memory."""
+    if self._jsonl is not None:
+      self._jsonl.flush()
 
   def close(self) -> None:
     if self._jsonl is not None:

@@ -11,7 +11,6 @@ in maintenance mode since JAX 0.8.)
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 from absl import logging
@@ -24,6 +23,7 @@ from dare_jax import builder
 from dare_jax import checkpointing
 from dare_jax import distributed
 from dare_jax import evaluate
+from dare_jax import fileio
 from dare_jax import health
 from dare_jax import losses
 from dare_jax import optim
@@ -103,7 +103,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   gradient is NaN or infinite.
   """
   built = builder.build(config)
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   t = config.train
   mngr = builder.checkpoint_manager(config, workdir)
   # Before the dataset is read: a config that needs pretrained weights
@@ -132,7 +132,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     batches = datasets.pipeline_module(config.data.pipeline).train_batches(
         dataset.train, train_input, start, rows=rows)
     collapse = health.CollapseWatch()
-    profile = _Profiler(os.path.join(workdir, 'profile'), start + 1,
+    profile = _Profiler(fileio.join(workdir, 'profile'), start + 1,
                         t.profile_steps)
     previous = None  # (step, metrics) of the step before, checked one late
     try:
@@ -171,6 +171,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                   'train_loss': train_loss,
                                   'dataset': config.data.dataset},
                                  force=last or leave)
+              reporter.flush()
           if leave and not last:
             mngr.wait_until_finished()
             raise health.Interrupted(

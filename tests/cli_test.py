@@ -273,3 +273,76 @@ def test_a_paper_dataset_config_refuses_to_start_without_imagenet_weights(
                '--config.model.pretrained=none'):
     assert part in line, line
   assert not os.path.exists(tmp_path / 'run' / 'train_log.jsonl')
+
+
+def _tiny_features(path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  np.savez(path, query_fused=rng.normal(size=(4, 8)).astype(np.float32),
+           gallery_fused=rng.normal(size=(12, 8)).astype(np.float32),
+           query_pids=np.arange(4) % 2 + 1, query_camids=np.zeros(4, int),
+           gallery_pids=np.arange(12) % 2 + 1,
+           gallery_camids=np.ones(12, int))
+
+
+def _cache_files(folder):
+  return sorted(f for _, _, fs in os.walk(folder) for f in fs)
+
+
+def test_compilation_cache_default_folder_flag_and_off(tmp_path):
+  feats = tmp_path / 'f.npz'
+  _tiny_features(feats)
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(('JAX_COMPILATION_CACHE', 'JAX_PERSISTENT'))}
+  env['XDG_CACHE_HOME'] = str(tmp_path / 'xdg')
+  default = tmp_path / 'xdg' / 'dare_jax' / 'jax_cache'
+
+  def run(*flags):
+    r = subprocess.run(
+        [sys.executable, '-m', 'dare_jax.tools.evaluate_features', str(feats),
+         *flags], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return _strict_json(r.stdout)
+
+  off = run('--compilation_cache=off')
+  assert not default.exists()
+  moved = tmp_path / 'moved'
+  assert run(f'--compilation_cache={moved}') == off
+  assert _cache_files(moved) and not default.exists()
+  assert run() == off  # the default: the user's cache folder
+  entries = _cache_files(default)
+  assert entries
+  assert run() == off and _cache_files(default) == entries  # read, not redone
+
+
+def test_preemption_saves_at_the_step_orbax_names_then_resumes(
+    tmp_path, monkeypatch):
+  """What a multi-process run does when the JAX preemption service names a
+  step (a scheduler's SIGTERM to any process): checkpointing there and
+  stopping. Orbax's reached_preemption is False on one process, so it is
+  made True at step 3 here."""
+  from dare_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from dare_jax import train  # pylint: disable=g-import-not-at-top
+  real = checkpointing.manager
+
+  def preempted_at_3(*args, **kwargs):
+    mngr = real(*args, **kwargs)
+    mngr.reached_preemption = lambda step: step == 3
+    return mngr
+  monkeypatch.setattr(checkpointing, 'manager', preempted_at_3)
+  config = smoke.get_config()
+  config.data.cache_dir = str(tmp_path / 'cache')
+  config.train.num_steps, config.train.checkpoint_every = 6, 100
+  workdir = tmp_path / 'run'
+  with pytest.raises(health.Interrupted, match='Preemption at step 3'):
+    train.train_and_evaluate(config, str(workdir))
+  saved = sorted(int(d) for d in os.listdir(workdir / 'checkpoints')
+                 if d.isdigit())
+  assert saved == [3]
+  assert not (workdir / 'metrics.json').exists()
+  monkeypatch.setattr(checkpointing, 'manager', real)
+  train.train_and_evaluate(config, str(workdir))
+  saved = sorted(int(d) for d in os.listdir(workdir / 'checkpoints')
+                 if d.isdigit())
+  assert saved[-1] == 6 and (workdir / 'metrics.json').exists()

@@ -22,6 +22,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from dare_jax import fileio
 from dare_jax.budget import anytime
 from dare_jax.budget import stream
 from dare_jax.models import dare
@@ -79,7 +80,7 @@ def _layout(fig, caption: str) -> None:
 
 
 def _save(plt, fig, out_png: str) -> None:
-  fig.savefig(out_png, dpi=DPI)
+  fileio.save_figure(fig, out_png, dpi=DPI)
   plt.close(fig)
 
 

@@ -26,6 +26,7 @@ from absl import logging
 import numpy as np
 
 from dare_jax import errors
+from dare_jax import fileio
 from dare_jax import reporting
 from dare_jax.budget import anytime
 from dare_jax.budget import costs as costs_lib
@@ -125,7 +126,7 @@ def _example(retrievals, exits: Sequence[str], dataset, resize_hw, q: int,
 
 
 def _baseline_member(b: Baseline) -> tuple[str, int, dict]:
-  path = os.path.join(b.workdir, 'features.npz')
+  path = fileio.join(b.workdir, 'features.npz')
   feats = features_lib.load_features(path)
   names = features_lib.embedding_names(feats)
   name = 'fused' if 'fused' in names else names[-1]
@@ -188,7 +189,7 @@ def compute_report(config, workdir: str,
   bcfg = config.budget
   if costs_source is None:
     costs_source = bcfg.get('costs_source', 'traced')
-  feats = features_lib.load_features(os.path.join(workdir, 'features.npz'))
+  feats = features_lib.load_features(fileio.join(workdir, 'features.npz'))
   missing = [e for e in dare.EMBEDDINGS
              if e not in features_lib.embedding_names(feats)]
   if missing:
@@ -286,7 +287,7 @@ def write_report(data: ReportData, workdir: str) -> dict:
   report."""
   report, metrics = data.report, data.metrics
   exit_costs, curves = report['exit_costs'], report['anytime']
-  out = lambda name: os.path.join(workdir, name)
+  out = lambda name: fileio.join(workdir, name)
   figures.exit_errors(metrics, report['fusion_weights'],
                       out('fig3_exits.png'))
   source = report.get('costs_source', 'traced')
@@ -343,8 +344,8 @@ def summary_lines(report: dict) -> list[str]:
 
 def budget_mode(config, workdir: str) -> dict:
   """--mode=budget: the report without baselines, summarised in the log."""
-  path = os.path.join(workdir, 'features.npz')
-  if not os.path.isfile(path):
+  path = fileio.join(workdir, 'features.npz')
+  if not fileio.isfile(path):
     raise errors.DataNotFoundError(
         f'--mode=budget reads {path}, which does not exist: train first '
         '(--mode=train writes it) or write it from a trained checkpoint '

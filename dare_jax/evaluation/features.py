@@ -11,14 +11,13 @@ Every NAME that has both a query_ and a gallery_ array is evaluated.
 
 from __future__ import annotations
 
-import os
-import zipfile
 from typing import Mapping, Optional, Sequence
 
 from absl import logging
 import numpy as np
 
 from dare_jax import errors
+from dare_jax import fileio
 from dare_jax.evaluation import metrics
 
 ID_KEYS = ('query_pids', 'query_camids', 'gallery_pids', 'gallery_camids')
@@ -87,7 +86,7 @@ def check_features(feats: Mapping[str, np.ndarray], source: str) -> list[str]:
 def check_npz(path: str, what: str = 'features file') -> None:
   """DataError unless path is an .npz (a zip of .npy arrays); numpy would
   call any other file 'pickled data'."""
-  if not zipfile.is_zipfile(path):
+  if not fileio.is_zipfile(path):
     raise errors.DataError(
         f'{path} is not an .npz file (a zip archive of arrays, as '
         f'numpy.savez writes); a {what} comes from --mode=export, '
@@ -96,11 +95,11 @@ def check_npz(path: str, what: str = 'features file') -> None:
 
 def load_features(path: str) -> dict[str, np.ndarray]:
   """Reads and validates a features .npz (see the module docstring)."""
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     raise errors.DataNotFoundError(f'Features file not found: {path}')
   check_npz(path)
   try:
-    with np.load(path, allow_pickle=False) as f:
+    with fileio.open_npz(path) as f:
       feats = {k: f[k] for k in f.files}
   except (OSError, ValueError) as e:
     raise errors.DataError(f'{path}: not a readable .npz file ({e}).') from e

@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from typing import Any, Callable, Mapping
 
 import jax
@@ -47,6 +46,7 @@ import ml_collections
 import numpy as np
 
 from dare_jax import errors
+from dare_jax import fileio
 from dare_jax.data import device_ops
 from dare_jax.models import dare
 
@@ -226,28 +226,23 @@ def metadata(config, exit_costs: Mapping[str, int],
 def write(out_dir: str, meta: Mapping[str, Any], variables,
           overwrite: bool = False) -> list[str]:
   """Writes the bundle's files (each atomically); returns their paths."""
-  present = [f for f in FILES if os.path.exists(os.path.join(out_dir, f))]
+  present = [f for f in FILES if fileio.exists(fileio.join(out_dir, f))]
   if present and not overwrite:
     raise errors.ConfigError(
         f'{out_dir} already holds a bundle ({", ".join(present)}); pass '
         '--overwrite to replace it, or choose another --out.')
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   host = jax.device_get(variables)
   model = model_from_fields(meta['model'])
   hw = (meta['input']['height'], meta['input']['width'])
   blobs = {STABLEHLO: export_forward(model, host, hw),
            ONNX: export_onnx(model, host, hw),
            META: json.dumps(meta, indent=2, sort_keys=True).encode()}
-  params = os.path.join(out_dir, PARAMS)
-  np.savez(params + '.tmp.npz', **flatten(host))
-  os.replace(params + '.tmp.npz', params)
+  fileio.save_npz(fileio.join(out_dir, PARAMS), flatten(host))
   # bundle.json last: its presence means the bundle is complete.
   for name in (STABLEHLO, ONNX, META):
-    path = os.path.join(out_dir, name)
-    with open(path + '.tmp', 'wb') as f:
-      f.write(blobs[name])
-    os.replace(path + '.tmp', path)
-  return [os.path.join(out_dir, f) for f in FILES]
+    fileio.write_bytes(fileio.join(out_dir, name), blobs[name])
+  return [fileio.join(out_dir, f) for f in FILES]
 
 
 def _check_meta(path: str, meta: Mapping[str, Any]) -> None:
@@ -284,22 +279,21 @@ class Bundle:
     if runtime not in RUNTIMES:
       raise errors.ConfigError(f'runtime={runtime!r}: use one of '
                                f'{", ".join(RUNTIMES)}.')
-    if not os.path.isdir(path):
+    if not fileio.isdir(path):
       raise errors.DataNotFoundError(
           f'{path}: no bundle folder there (write one with python -m '
           'dare_jax.tools.export_bundle).')
-    meta_path = os.path.join(path, META)
-    if os.path.isfile(meta_path):  # the version first: it explains the rest
-      with open(meta_path) as f:
-        meta = json.load(f)
+    meta_path = fileio.join(path, META)
+    if fileio.isfile(meta_path):  # the version first: it explains the rest
+      meta = json.loads(fileio.read_text(meta_path))
       _check_meta(meta_path, meta)
     for f in FILES:
-      if not os.path.isfile(os.path.join(path, f)):
+      if not fileio.isfile(fileio.join(path, f)):
         raise errors.DataNotFoundError(
             f'{path}: the bundle lacks {f} (a version-{FORMAT_VERSION} '
             f'bundle holds {", ".join(FILES)}; write one with python -m '
             'dare_jax.tools.export_bundle).')
-    with np.load(os.path.join(path, PARAMS)) as npz:
+    with fileio.open_npz(fileio.join(path, PARAMS)) as npz:
       flat = {k: npz[k] for k in npz.files}
     digest = hashlib.sha256()  # of the arrays, not the zip (it dates them)
     for k in sorted(flat):
@@ -342,14 +336,20 @@ class Bundle:
   def exported(self) -> jax.export.Exported:
     """The serialised forward, deserialised (call it as
     .call(variables, x))."""
-    with open(os.path.join(self.path, STABLEHLO), 'rb') as f:
-      return jax.export.deserialize(bytearray(f.read()))
+    return jax.export.deserialize(bytearray(
+        fileio.read_bytes(fileio.join(self.path, STABLEHLO))))
+
+  def onnx_model(self) -> bytes | str:
+    """model.onnx for onnxruntime: its local path, or a remote file's
+    bytes."""
+    p = fileio.join(self.path, ONNX)
+    return fileio.read_bytes(p) if fileio.is_remote(p) else p
 
   def _runner(self) -> Callable:
     if 'run' not in self._cache:
       if self.runtime == 'onnx':
         self._cache['run'] = onnx_forward(
-            onnx_session(os.path.join(self.path, ONNX)))
+            onnx_session(self.onnx_model()))
       else:
         fwd = jax.jit(forward_fn(self.model))
         self._cache['run'] = lambda x: jax.device_get(

@@ -32,6 +32,7 @@ from absl import logging
 import numpy as np
 
 from dare_jax import errors
+from dare_jax import fileio
 from dare_jax import plots
 from dare_jax.data import augment
 from dare_jax.data import types
@@ -203,9 +204,7 @@ def ranked_lists(out_png: str, rows: Sequence[Mapping], title: str = '') -> str:
         ax.set_title(f'#{j + 1}', fontsize=7, pad=3)
         ax.set_xlabel(f'{float(res["distance"]):.3f}', fontsize=7,
                       labelpad=3)
-    tmp = out_png + '.tmp.png'
-    fig.savefig(tmp, dpi=DPI)
-    os.replace(tmp, out_png)
+    fileio.save_figure(fig, out_png, dpi=DPI)
   finally:
     plt.close(fig)
   return out_png

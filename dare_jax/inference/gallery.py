@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from dare_jax import errors
+from dare_jax import fileio
 from dare_jax.evaluation import features as features_lib
 from dare_jax.evaluation import metrics
 from dare_jax.evaluation import rerank as rerank_lib
@@ -67,7 +68,7 @@ def embed_inputs(bundle, inputs: images_lib.Inputs, *, tta: int = 10,
 
 
 def save(path: str, feats: Features, overwrite: bool = False) -> str:
-  if os.path.exists(path) and not overwrite:
+  if fileio.exists(path) and not overwrite:
     raise errors.ConfigError(f'{path} exists; pass --overwrite to replace '
                              'it (or --append to add images to it).')
   if not path.endswith('.npz'):
@@ -82,20 +83,19 @@ def save(path: str, feats: Features, overwrite: bool = False) -> str:
       arrays[k] = np.asarray(v, np.int64)
   for k, v in feats.embeddings.items():
     arrays[k] = np.asarray(v, np.float32)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path[:-len('.npz')] + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  if not fileio.is_remote(path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fileio.save_npz(path, arrays)
   return path
 
 
 def load(path: str, bundle=None) -> Features:
   """A FEATURES.npz; with a bundle, checked against it (names, dimension,
   fingerprint)."""
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     raise errors.DataNotFoundError(f'{path}: no such features file.')
   features_lib.check_npz(path)
-  with np.load(path) as z:
+  with fileio.open_npz(path) as z:
     missing = [k for k in ('paths', 'tta', 'bundle') if k not in z.files]
     if missing:
       raise errors.DataError(

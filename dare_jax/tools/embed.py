@@ -20,7 +20,6 @@ path as given) and keeps the old rows untouched: a gallery is embedded once.
 
 from __future__ import annotations
 
-import os
 
 from absl import app
 from absl import flags
@@ -59,6 +58,7 @@ def embed(bundle_path: str, input_spec: str, out: str, *, tta: int = 10,
   from absl import logging
   import numpy as np
   from dare_jax import errors
+  from dare_jax import fileio
   from dare_jax.inference import bundle as bundle_lib
   from dare_jax.inference import gallery
   from dare_jax.inference import images
@@ -68,20 +68,20 @@ def embed(bundle_path: str, input_spec: str, out: str, *, tta: int = 10,
   if not out.endswith('.npz'):
     raise errors.ConfigError(f'--out={out}: the features file must end in '
                              '.npz.')
-  if os.path.exists(out) and not (append or overwrite):
+  if fileio.exists(out) and not (append or overwrite):
     raise errors.ConfigError(f'{out} exists; pass --overwrite to replace it '
                              'or --append to add images to it.')
   b = bundle_lib.Bundle.load(bundle_path, runtime)
   inputs = images.read_inputs(input_spec)
   old = None
-  if append and os.path.exists(out):
+  if append and fileio.exists(out):
     old = gallery.load(out, b)
     if old.tta != tta:
       raise errors.ConfigError(f'{out} holds tta={old.tta} embeddings; '
                                f'append with --tta={old.tta}.')
     have = set(old.inputs.paths)
     inputs = inputs.take(np.array([p not in have for p in inputs.paths]))
-  summary = {'out': os.path.abspath(out), 'input': input_spec,
+  summary = {'out': fileio.absolute(out), 'input': input_spec,
              'runtime': runtime, 'tta': tta, 'embedded': 0, 'skipped': 0}
   if len(inputs):
     feats, skipped = gallery.embed_inputs(

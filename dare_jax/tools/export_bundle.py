@@ -12,7 +12,6 @@ Bundle.load(OUT) then runs the model with JAX alone, or with onnxruntime.
 
 import hashlib
 import json
-import os
 
 from absl import app
 from absl import flags
@@ -42,6 +41,7 @@ def export(config, workdir: str, out: str, step: int = -1,
   import jax
   from dare_jax import builder
   from dare_jax import checkpointing
+  from dare_jax import fileio
   from dare_jax.budget import costs
   from dare_jax.inference import bundle
   # pylint: enable=g-import-not-at-top
@@ -49,13 +49,12 @@ def export(config, workdir: str, out: str, step: int = -1,
   state, _ = builder.restore_for_eval(built, workdir,
                                       None if step < 0 else step)
   metrics = None
-  metrics_path = os.path.join(workdir, 'metrics.json')
-  if os.path.isfile(metrics_path):
-    with open(metrics_path) as f:
-      metrics = json.load(f)
+  metrics_path = fileio.join(workdir, 'metrics.json')
+  if fileio.isfile(metrics_path):
+    metrics = json.loads(fileio.read_text(metrics_path))
   provenance = {
       'checkpoint_step': int(state.step),
-      'workdir': os.path.abspath(workdir),
+      'workdir': fileio.absolute(workdir),
       'model_fingerprint': checkpointing.model_fingerprint(config.model),
       'config_sha256': hashlib.sha256(
           config.to_json(sort_keys=True).encode()).hexdigest(),
@@ -64,8 +63,8 @@ def export(config, workdir: str, out: str, step: int = -1,
   }
   meta = bundle.metadata(config, costs.config_exit_costs(config), provenance)
   files = bundle.write(out, meta, builder.variables(state), overwrite)
-  return {'bundle': os.path.abspath(out), 'step': int(state.step),
-          'files': [os.path.basename(f) for f in files]}
+  return {'bundle': fileio.absolute(out), 'step': int(state.step),
+          'files': [fileio.basename(f) for f in files]}
 
 
 def main(argv):

@@ -54,8 +54,11 @@ def define_flags() -> None:
 
 
 def _check_out(path: str, overwrite: bool) -> None:
-  from dare_jax import errors  # pylint: disable=g-import-not-at-top
-  if path and os.path.exists(path) and not overwrite:
+  # pylint: disable=g-import-not-at-top
+  from dare_jax import errors
+  from dare_jax import fileio
+  # pylint: enable=g-import-not-at-top
+  if path and fileio.exists(path) and not overwrite:
     raise errors.ConfigError(f'{path} exists; pass --overwrite to replace '
                              'it.')
 

@@ -23,7 +23,6 @@ summary as JSON, stderr the progress.
 
 from __future__ import annotations
 
-import os
 import time
 
 from absl import app
@@ -68,6 +67,7 @@ def run_stream(bundle_path: str, gallery_spec: str, queries_spec: str, *,
   # pylint: disable=g-import-not-at-top
   import numpy as np
   from dare_jax import errors
+  from dare_jax import fileio
   from dare_jax.data import augment
   from dare_jax.evaluation import metrics
   from dare_jax.inference import anytime
@@ -75,7 +75,7 @@ def run_stream(bundle_path: str, gallery_spec: str, queries_spec: str, *,
   from dare_jax.inference import gallery as gallery_lib
   from dare_jax.inference import images as images_lib
   # pylint: enable=g-import-not-at-top
-  if json_out and os.path.exists(json_out) and not overwrite:
+  if json_out and fileio.exists(json_out) and not overwrite:
     raise errors.ConfigError(f'{json_out} exists; pass --overwrite to '
                              'replace it.')
   if (budget is None) == (deadline_ms is None):
