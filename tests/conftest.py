@@ -3,8 +3,9 @@
 - 8 forced CPU devices, so the data-parallel tests can split a batch over
   devices on a 2-core machine.
 - A persistent compilation cache for this session only (a fresh temporary
-  folder): the end-to-end tests build the same tiny programs several times,
-  in this process and in subprocesses, and compiling dominates their time.
+  folder, one for both pytest-xdist workers): the end-to-end tests build the
+  same tiny programs several times, in this process and in subprocesses,
+  and compiling dominates their time.
 """
 
 import os
@@ -13,7 +14,15 @@ import tempfile
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
-                      tempfile.mkdtemp(prefix='dare_jax_test_jit_cache_'))
+# Under pytest-xdist every worker imports this file: they share one folder,
+# named by the run's id, so a program compiled by one is read by the other.
+_RUN = os.environ.get('PYTEST_XDIST_TESTRUNUID')
+if _RUN:
+  _CACHE = os.path.join(tempfile.gettempdir(),
+                        f'dare_jax_test_jit_cache_{_RUN[:16]}')
+  os.makedirs(_CACHE, exist_ok=True)
+else:
+  _CACHE = tempfile.mkdtemp(prefix='dare_jax_test_jit_cache_')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
