@@ -11,6 +11,10 @@ from dare_jax.budget import stream
 from dare_jax.inference import anytime
 from dare_jax.models import dare
 
+# Its module-scoped fixtures are built once: all its tests on one xdist
+# worker (.ci/run: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group('anytime_engine')
+
 HW = (32, 16)
 COSTS = (1.0, 2.2, 3.1, 4.0)  # increasing, as Mul-Adds are
 

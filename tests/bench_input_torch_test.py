@@ -16,6 +16,10 @@ from dare_jax.data import spec
 from dare_jax.data import synthetic
 from dare_jax.data.types import Split
 
+# Its module-scoped fixtures are built once: all its tests on one xdist
+# worker (.ci/run: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group('bench_input_torch')
+
 
 @pytest.fixture
 def torch():

@@ -11,6 +11,10 @@ from dare_jax import errors
 from dare_jax.bench import latency
 from dare_jax.models import dare
 
+# Its module-scoped fixtures are built once: all its tests on one xdist
+# worker (.ci/run: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group('bench_latency')
+
 pytest.importorskip('jax2onnx')
 pytest.importorskip('onnxruntime')
 

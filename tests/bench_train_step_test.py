@@ -23,6 +23,10 @@ from dare_jax.bench import train_step
 from dare_jax.budget import costs
 from dare_jax.models import dare
 
+# Its module-scoped fixtures are built once: all its tests on one xdist
+# worker (.ci/run: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group('bench_train_step')
+
 
 @pytest.fixture(scope='module')
 def smoke_row():

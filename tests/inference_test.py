@@ -30,6 +30,10 @@ from dare_jax.tools import search as search_tool
 from dare_jax.tools import stream as stream_tool
 from tests import bundle_test
 
+# Its module-scoped fixtures are built once: all its tests on one xdist
+# worker (.ci/run: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group('inference')
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
 CUHK01 = os.path.join(SHARED, 'cuhk01', 'campus')

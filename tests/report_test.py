@@ -21,6 +21,10 @@ from dare_jax.evaluation import features as features_lib
 from dare_jax.evaluation import metrics as metrics_lib
 from tests import stream_reference as ref
 
+# Its module-scoped fixtures are built once: all its tests on one xdist
+# worker (.ci/run: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group('report')
+
 FIGURES = ('fig3_exits.png', 'fig5_anytime.png', 'fig5_anytime_map.png',
            'fig6_stream.png', 'fig7_rank_lists.png', 'fig8_easy_hard.png')
 

@@ -7,6 +7,10 @@ import pytest
 
 from dare_jax.data import synthetic
 
+# Its module-scoped fixtures are built once: all its tests on one xdist
+# worker (.ci/run: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group('synthetic')
+
 SMALL = dict(num_train_ids=40, num_test_ids=30, num_cameras=4,
              hard_fraction=0.5, seed=0, image_size=(64, 32))
 

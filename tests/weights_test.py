@@ -27,6 +27,10 @@ from dare_jax.models import densenet
 from dare_jax.models import resnet
 from dare_jax.models import weights
 
+# Its module-scoped fixtures are built once: all its tests on one xdist
+# worker (.ci/run: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group('weights')
+
 H, W = 64, 32  # small input; the stage-4 map is 2 x 1
 REL = 1e-5
 
