@@ -52,23 +52,21 @@ def basename(p: PathLike) -> str:
   return os.path.basename(os.fspath(p).rstrip('/'))
 
 
+# epath sends local paths to os / os.path itself.
 def exists(p: PathLike) -> bool:
-  return os.path.exists(p) if not is_remote(p) else path(p).exists()
+  return path(p).exists()
 
 
 def isfile(p: PathLike) -> bool:
-  return os.path.isfile(p) if not is_remote(p) else path(p).is_file()
+  return path(p).is_file()
 
 
 def isdir(p: PathLike) -> bool:
-  return os.path.isdir(p) if not is_remote(p) else path(p).is_dir()
+  return path(p).is_dir()
 
 
 def makedirs(p: PathLike) -> None:
-  if is_remote(p):
-    path(p).mkdir(parents=True, exist_ok=True)
-  else:
-    os.makedirs(p, exist_ok=True)
+  path(p).mkdir(parents=True, exist_ok=True)
 
 
 def read_bytes(p: PathLike) -> bytes:

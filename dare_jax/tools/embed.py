@@ -20,7 +20,6 @@ path as given) and keeps the old rows untouched: a gallery is embedded once.
 
 from __future__ import annotations
 
-
 from absl import app
 from absl import flags
 
