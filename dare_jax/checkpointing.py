@@ -21,7 +21,7 @@ from dare_jax.errors import CheckpointError
 # Fields that do not change the parameters (conv1x1: how 1x1 convolutions
 # are computed) may differ between a checkpoint and the run restoring it.
 _NOT_ARCHITECTURE = ('pretrained', 'pretrained_heads', 'require_pretrained',
-                     'dtype', 'conv1x1',
+                     'dtype', 'conv1x1', 'depthwise',
                      'fusion_init_low',
                      'fusion_init_high', 'bn_momentum')
 
@@ -59,7 +59,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict,
 
 # Architecture fields added after checkpoints were first written, with the
 # value every older checkpoint implicitly had.
-_ADDED_FIELDS = {'heads': 'dare'}
+_ADDED_FIELDS = {'heads': 'dare', 'width_multiplier': 1.0}
 
 
 def check_fingerprint(meta: dict, model_cfg, where: str) -> None:

@@ -15,7 +15,7 @@ def get_config():
 
   # --- model: a torchvision-layout backbone with 4 exit heads and a fusion.
   c.model = ml_collections.ConfigDict()
-  c.model.backbone = 'resnet'  # or 'densenet' (DaRe(De))
+  c.model.backbone = 'resnet'  # or 'densenet' (DaRe(De)), 'mobilenet_v2'
   # 'dare': an exit head per stage and the learnt fusion; 'trinet': the
   # stage-4 head only (Hermans et al.), the anytime baseline's members.
   c.model.heads = 'dare'
@@ -38,6 +38,13 @@ def get_config():
   # 1x1 convolutions as matmuls: 'auto' = on the CPU (XLA:CPU's 1x1 conv
   # gradients are slow), nn.Conv on accelerators; parameters are the same.
   c.model.conv1x1 = 'auto'
+  # MobileNetV2 (backbone 'mobilenet_v2'): the channel width multiplier, and
+  # the depthwise 3x3 convolutions: 'auto' = nine shifted multiply-adds on
+  # the CPU (XLA:CPU's grouped convolutions are slow), nn.Conv with
+  # feature_group_count on accelerators ('shift' / 'conv' force one); the
+  # parameters are the same.
+  c.model.width_multiplier = 1.0
+  c.model.depthwise = 'auto'
   # Weights file (torchvision .pth, or .npz with PyTorch names; see
   # dare_jax/models/weights.py) for the backbone; the exit heads and fusion
   # start fresh unless pretrained_heads (the file is a whole DaRe, e.g. the

@@ -117,6 +117,10 @@ def exit_costs(model, input_hw: Sequence[int]) -> dict[str, int]:
     (model.trinet) has {'stage4': its full forward} only.
   """
   h, w = (int(v) for v in input_hw)
+  if getattr(model, 'depthwise_shift', False):
+    # Shifted multiply-adds are elementwise, which the trace does not count:
+    # count the same network in its convolution formulation.
+    model = model.clone(depthwise_shift=False)
   x = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
   variables = _abstract_variables(model, x)
   if getattr(model, 'trinet', False):

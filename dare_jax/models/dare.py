@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from dare_jax.errors import ConfigError
 from dare_jax.models import densenet
+from dare_jax.models import mobilenet
 from dare_jax.models import resnet
 
 EXITS = ('stage1', 'stage2', 'stage3', 'stage4')
@@ -81,7 +82,8 @@ class DaRe(nn.Module):
 
   backbone 'resnet': block, stage_sizes (blocks per stage), width (stem);
   'densenet': stage_sizes = layers per dense block, width = stem features,
-  growth_rate (block unused).
+  growth_rate (block unused); 'mobilenet_v2': width_multiplier (block,
+  stage_sizes, width unused).
   """
   block: str
   stage_sizes: Sequence[int]
@@ -98,8 +100,13 @@ class DaRe(nn.Module):
   # (synchronised BN under shard_map); None on a single un-mapped device.
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
-  # ResNet 1x1 convolutions as dots (resnet.Conv1x1; parameters unchanged).
+  # ResNet and MobileNetV2 1x1 convolutions as dots (resnet.Conv1x1;
+  # parameters unchanged).
   conv1x1_dot: bool = False
+  # MobileNetV2: the channel width multiplier, and the depthwise 3x3s as
+  # shifted multiply-adds (mobilenet.DepthwiseShift; parameters unchanged).
+  width_multiplier: float = 1.0
+  depthwise_shift: bool = False
   # TriNet (Hermans et al. 2017), the anytime baseline's members: the same
   # backbone with the stage-4 head only, {'stage4': [B, D]}, no fusion.
   trinet: bool = False
@@ -126,6 +133,11 @@ class DaRe(nn.Module):
     if self.backbone == 'densenet':
       net = densenet.DenseNet(self.growth_rate, self.stage_sizes, self.width,
                               norm=norm, dtype=self.dtype, name='backbone')
+    elif self.backbone == 'mobilenet_v2':
+      net = mobilenet.MobileNetV2(self.width_multiplier, norm=norm,
+                                  dtype=self.dtype, dot_1x1=self.conv1x1_dot,
+                                  shift_depthwise=self.depthwise_shift,
+                                  name='backbone')
     else:
       net = resnet.ResNet(self.block, self.stage_sizes, self.width, norm=norm,
                           dtype=self.dtype, dot_1x1=self.conv1x1_dot,
@@ -172,6 +184,7 @@ def check_config(model_cfg) -> None:
   """Every config.model check (configlib.validate calls it first)."""
   _backbone_layout(model_cfg)
   conv1x1_dot(model_cfg.get('conv1x1', 'auto'))
+  depthwise_shift(model_cfg.get('depthwise', 'auto'))
   if model_cfg.dtype not in ('float32', 'bfloat16'):
     raise ConfigError(
         f"model.dtype={model_cfg.dtype!r}: use 'float32' or 'bfloat16' "
@@ -187,14 +200,20 @@ def _backbone_layout(model_cfg):
   if model_cfg.backbone == 'densenet':
     growth_rate, stage_sizes, width = densenet.resolve_depth(model_cfg.depth)
     block = ''
+  elif model_cfg.backbone == 'mobilenet_v2':
+    wm = model_cfg.get('width_multiplier', 1.0)
+    if not isinstance(wm, (int, float)) or not 0 < wm <= 4:
+      raise ConfigError(f'model.width_multiplier={wm!r}: use a number in '
+                        '(0, 4] (1.0 is the ImageNet MobileNetV2).')
+    block, stage_sizes, width, growth_rate = '', (), 0, 0
   elif model_cfg.backbone == 'resnet':
     block, stage_sizes = resnet.resolve_depth(
         model_cfg.depth, model_cfg.block, model_cfg.stage_sizes)
     growth_rate, width = 0, model_cfg.width
   else:
     raise ConfigError(f'model.backbone={model_cfg.backbone!r}: use "resnet" '
-                      '(model.depth 18/34/50/101) or "densenet" (121/169/201/'
-                      '161).')
+                      '(model.depth 18/34/50/101), "densenet" (121/169/201/'
+                      '161) or "mobilenet_v2" (model.width_multiplier).')
   return block, stage_sizes, width, growth_rate
 
 
@@ -211,6 +230,9 @@ def from_config(model_cfg, bn_axis_name: Optional[str] = None) -> DaRe:
               bn_epsilon=model_cfg.bn_epsilon, bn_axis_name=bn_axis_name,
               dtype=jnp.dtype(model_cfg.dtype),
               conv1x1_dot=conv1x1_dot(model_cfg.get('conv1x1', 'auto')),
+              width_multiplier=float(model_cfg.get('width_multiplier', 1.0)),
+              depthwise_shift=depthwise_shift(
+                  model_cfg.get('depthwise', 'auto')),
               trinet=model_cfg.heads == 'trinet')
 
 
@@ -227,3 +249,19 @@ def conv1x1_dot(choice: str) -> bool:
   if choice == 'auto':
     return jax.default_backend() == 'cpu'
   return choice == 'dot'
+
+
+DEPTHWISE = ('auto', 'conv', 'shift')
+
+
+def depthwise_shift(choice: str) -> bool:
+  """config.model.depthwise (MobileNetV2): 'shift' (nine shifted
+  multiply-adds, mobilenet.DepthwiseShift), 'conv' (nn.Conv with
+  feature_group_count), or 'auto': shift where JAX's default backend is the
+  CPU (XLA:CPU's grouped convolutions are slow), conv on accelerators."""
+  if choice not in DEPTHWISE:
+    raise ConfigError(f"model.depthwise={choice!r}: use 'auto', 'conv' or "
+                      "'shift'.")
+  if choice == 'auto':
+    return jax.default_backend() == 'cpu'
+  return choice == 'shift'

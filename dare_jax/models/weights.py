@@ -81,6 +81,9 @@ HEAD_LAYOUTS = {
     'densenet': {'fc1': 'layer_fc{i}.0', 'bn': 'layer_fc{i}.1',
                  'fc2': 'layer_fc{i}.4'},
 }
+# No authors' MobileNetV2 DaRe exists; ours is written (to_state_dict) and
+# read with the ResNet DaRe's head names.
+HEAD_LAYOUTS['mobilenet_v2'] = HEAD_LAYOUTS['resnet']
 HEAD_LAYOUT = HEAD_LAYOUTS['resnet']
 FUSION_NAME = 'fusion_conv.weight'
 # Where the backbone's names start in a full DaRe checkpoint ('' = top level,
@@ -203,8 +206,58 @@ def _identity(w):
 
 
 def architecture(params) -> str:
-  """'resnet' or 'densenet', from the backbone's parameter names."""
-  return 'densenet' if 'conv0' in params.get('backbone', {}) else 'resnet'
+  """'resnet', 'densenet' or 'mobilenet_v2', from the backbone's parameter
+  names."""
+  backbone = params.get('backbone', {})
+  if 'features_0_conv' in backbone:
+    return 'mobilenet_v2'
+  return 'densenet' if 'conv0' in backbone else 'resnet'
+
+
+def _mobilenet_module_name(path: tuple[str, ...]) -> str:
+  """models/mobilenet.py's names -> the flat PyTorch ones: features_0_conv
+  -> features.0.0, features_0_bn -> features.0.1 (the last conv alike),
+  features_N/conv_K -> features.N.conv.K."""
+  m = re.fullmatch(r'features_(\d+)_(conv|bn)', path[0])
+  if m:
+    return f'features.{m.group(1)}.{0 if m.group(2) == "conv" else 1}'
+  n = re.fullmatch(r'features_(\d+)', path[0]).group(1)
+  k = re.fullmatch(r'conv_(\d+)', path[1]).group(1)
+  return f'features.{n}.conv.{k}'
+
+
+# torchvision's nested MobileNetV2 names -> the flat ones of the reference
+# implementation (and of the shared ImageNet file). features.1 (expansion 1)
+# is [ConvBNReLU(dw), conv, bn]; the others [ConvBNReLU(expand),
+# ConvBNReLU(dw), conv, bn]; the flat layout numbers every layer, ReLU6
+# included.
+_TV_MOBILENET = re.compile(r'^features\.(\d+)\.conv\.(\d+)\.(?:(\d+)\.)?'
+                           r'(weight|bias|running_mean|running_var|'
+                           r'num_batches_tracked)$')
+_TV_FIRST = {('0', '0'): 0, ('0', '1'): 1, ('1', None): 3, ('2', None): 4}
+_TV_OTHER = {('0', '0'): 0, ('0', '1'): 1, ('1', '0'): 3, ('1', '1'): 4,
+             ('2', None): 6, ('3', None): 7}
+
+
+def mobilenet_flat_names(sd: Mapping[str, Any]) -> dict:
+  """sd with torchvision's nested MobileNetV2 block names
+  (features.N.conv.A.B) renamed to the flat ones (features.N.conv.K); a
+  flat file is returned as it is. A file is nested when any block key has
+  two indices after 'conv' (no flat name has)."""
+  nested = any(re.match(r'^features\.\d+\.conv\.\d+\.\d+\.', k)
+               for k in sd)
+  if not nested:
+    return dict(sd)
+  out = {}
+  for k, v in sd.items():
+    m = _TV_MOBILENET.match(k)
+    if m:
+      n, a, b, leaf = m.groups()
+      table = _TV_FIRST if n == '1' else _TV_OTHER
+      if (a, b) in table:
+        k = f'features.{n}.conv.{table[a, b]}.{leaf}'
+    out[k] = v
+  return out
 
 
 def _densenet_module_name(path: tuple[str, ...]) -> str:
@@ -258,12 +311,15 @@ def backbone_entries(params, batch_stats,
                      prefix: Optional[str] = None) -> list[Entry]:
   """Entries for every leaf under params/batch_stats['backbone']."""
   prefix = BACKBONE_PREFIX if prefix is None else prefix
-  dense = architecture(params) == 'densenet'
+  arch = architecture(params)
+  dense = arch == 'densenet'
   out = []
   for collection, tree in (('params', params), ('batch_stats', batch_stats)):
     for path, x in _flat(tree.get('backbone', {})).items():
       if dense:
         module = prefix + _densenet_module_name(path[:-1])
+      elif arch == 'mobilenet_v2':
+        module = prefix + _mobilenet_module_name(path[:-1])
       else:
         module = prefix + _backbone_module_name(path[:-1])
       e = _leaf_entry(module, collection, ('backbone',) + path, np.shape(x))
@@ -361,6 +417,8 @@ def load_backbone(path: str, params, batch_stats, prefix: str = '',
   sd = read_state_dict(path, prefix) if state_dict is None else state_dict
   if 'backbone' not in params:
     raise ValueError('params has no "backbone" subtree.')
+  if architecture(params) == 'mobilenet_v2':
+    sd = mobilenet_flat_names(sd)
   entries = backbone_entries(params, batch_stats)
   out = _apply(path, sd, entries,
                {'params': params, 'batch_stats': batch_stats},
@@ -382,6 +440,8 @@ def load_dare_checkpoint(path: str, variables, prefix: str = '',
   """
   sd = read_state_dict(path, prefix) if state_dict is None else state_dict
   params, batch_stats = variables['params'], variables.get('batch_stats', {})
+  if architecture(params) == 'mobilenet_v2':
+    sd = mobilenet_flat_names(sd)
   entries = (backbone_entries(params, batch_stats) +
              head_entries(params, batch_stats, head_layout, fusion_name))
   return _apply(path, sd, entries, dict(variables), _ignored_always,
