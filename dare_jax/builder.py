@@ -158,12 +158,23 @@ TORCHVISION_FILES = {
 
 def check_pretrained(model_cfg) -> None:
   """ConfigError when a fresh run of a config that starts from ImageNet
-  weights (model.require_pretrained) has no model.pretrained."""
+  weights (model.require_pretrained) has no model.pretrained, or when
+  model.pretrained names a local file that is not there."""
   m = model_cfg
-  if not m.get('require_pretrained', False) or m.pretrained:
+  if m.pretrained and m.pretrained != 'none':
+    if '://' not in m.pretrained and not fileio.isfile(m.pretrained):
+      raise errors.ConfigError(
+          f'model.pretrained={m.pretrained!r}: no such file. Point '
+          '--config.model.pretrained at the ImageNet weights file, or pass '
+          '--config.model.pretrained=none to train from scratch on purpose.')
     return
-  name = TORCHVISION_FILES.get((m.backbone, m.depth),
-                               f'the torchvision {m.backbone}{m.depth} file')
+  if not m.get('require_pretrained', False):
+    return
+  if m.backbone == 'mobilenet_v2':
+    name = 'mobilenet_v2-b0353104.pth'
+  else:
+    name = TORCHVISION_FILES.get((m.backbone, m.depth),
+                                 f'the torchvision {m.backbone}{m.depth} file')
   raise errors.ConfigError(
       f'This config trains from ImageNet weights, as the paper does, but '
       f'model.pretrained is empty. Download {name} '

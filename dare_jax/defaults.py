@@ -186,3 +186,13 @@ def small_cpu_model(c, width: int):
   c.model.stage_sizes = (1, 1, 1, 1)
   c.model.width = width
   return c
+
+
+def mobilenet_v2(c, weights: str, width_multiplier: float = 1.0):
+  """The MobileNetV2 DaRe (models/mobilenet.py) from the ImageNet file
+  `weights` ('' = none given: a fresh run is refused until one is)."""
+  c.model.backbone = 'mobilenet_v2'
+  c.model.width_multiplier = width_multiplier
+  c.model.require_pretrained = True
+  c.model.pretrained = weights
+  return c

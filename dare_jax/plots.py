@@ -80,3 +80,40 @@ def write_run_figures(workdir: str, metrics) -> list[str]:
   written.append(fileio.join(workdir, 'exits.png'))
   exit_accuracy(metrics, written[-1])
   return written
+
+
+def time_accuracy(result: Mapping, out_png: str, runtime: str = 'jax',
+                  batch: int = 1, title: str = '') -> None:
+  """Measured ms per query (x) against Rank-1 (y): each routing's budgets as
+  a line, each exit alone and the full forward as points (bench/anytime's
+  --bundle result, one runtime and batch size)."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  rows = [r for r in result['rows']
+          if r['runtime'] == runtime and r['batch'] == batch]
+  exits = [r for r in result['exits']
+           if r['runtime'] == runtime and r['batch'] == batch]
+  styles = {'margin': ('C0', 'o'), 'distance': ('C1', 's'),
+            'random': ('C2', '^')}
+  for routing in dict.fromkeys(r['routing'] for r in rows):
+    pts = sorted((r['ms_per_query'], 100 * r['rank1']) for r in rows
+                 if r['routing'] == routing)
+    color, marker = styles.get(routing, ('C3', 'x'))
+    ax.plot(*zip(*pts), marker=marker, color=color, lw=1.4,
+            label=f'DaRe, {routing} routing')
+  for e in exits:
+    full = e['exit'] == 'full'
+    ax.scatter(e['ms_per_query'], 100 * e['rank1'], marker='*' if full else
+               'D', s=140 if full else 45, color='k' if full else 'C7',
+               zorder=3)
+    ax.annotate('full model' if full else e['exit'],
+                (e['ms_per_query'], 100 * e['rank1']),
+                textcoords='offset points', xytext=(6, -10), fontsize=8)
+  ax.set(xlabel=f'measured ms per query ({runtime}, batch {batch})',
+         ylabel='Rank-1 (%)', title=title or 'anytime re-ID: time vs accuracy')
+  ax.grid(alpha=0.3)
+  ax.legend(loc='lower right', fontsize=8)
+  ax.margins(x=0.12, y=0.08)
+  fig.tight_layout()
+  fileio.save_figure(fig, out_png, dpi=120)
+  plt.close(fig)

@@ -205,3 +205,50 @@ def test_onnx_stages_exit_as_the_simulation(setup, routing):
     np.testing.assert_array_equal(a.results, b.results)
     np.testing.assert_allclose(a.distances, b.distances, rtol=1e-4,
                                atol=1e-5)
+
+
+def _normalized_reference(feats, name):
+  """float64 [Q, G] Euclidean distances of the L2-normalised embeddings,
+  computed here from the features alone."""
+  def unit(a):
+    a = np.asarray(a, np.float64)
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+  q, g = unit(feats[f'query_{name}']), unit(feats[f'gallery_{name}'])
+  return np.sqrt(((q[:, None] - g[None]) ** 2).sum(-1))
+
+
+def test_protocol_reaches_the_simulation_and_the_engine(setup):
+  """With eval.normalize (the dataset configs' protocol) the simulation at
+  the full budget scores as the evaluator does on normalised features, and
+  the engine's answers are the normalised ranking, query for query; the raw
+  ranking differs (so the test sees the protocol)."""
+  from dare_jax.evaluation import protocol  # pylint: disable=g-import-not-at-top
+  from tests import metrics_reference  # pylint: disable=g-import-not-at-top
+  _, _, _, feats = setup
+  proto = protocol.Protocol(normalize=True)
+  ids = [feats[k] for k in ('query_pids', 'query_camids', 'gallery_pids',
+                            'gallery_camids')]
+  ref = _normalized_reference(feats, 'fused')
+  want = metrics_reference.evaluate(ref, *ids, ranks=(1,))
+  sim, = stream.simulate(feats, anytime.EXITS, COSTS, [COSTS[-1]],
+                         'margin', proto=proto)
+  assert sim['exit_fractions'] == [0, 0, 0, 1]
+  np.testing.assert_allclose([sim['rank1'], sim['mAP']],
+                             [want['rank1'], want['mAP']], rtol=1e-6)
+  engine = _engine(setup, 'margin', COSTS[-1], 16, proto=proto)
+  answers = _run(engine, setup, 8)
+  assert {a.exit for a in answers} == {len(anytime.EXITS) - 1}
+  for a in answers:
+    np.testing.assert_array_equal(a.results,
+                                  np.argsort(ref[a.index], kind='stable')[:5])
+  raw = _run(_engine(setup, 'margin', COSTS[-1], 16), setup, 8)
+  assert any((a.results != b.results).any() for a, b in zip(answers, raw))
+  # Below the full budget the engine still chooses the simulation's exits.
+  budget = (COSTS[0] + COSTS[-1]) / 2
+  retrievals = stream.exit_retrievals(feats, anytime.EXITS, proto)
+  conf = np.stack([retrievals[e].confidences('margin')
+                   for e in anytime.EXITS[:-1]], axis=1)
+  want_exits = stream.route(conf, stream.conditional(
+      stream.exit_fractions(COSTS, budget)))
+  got = _run(_engine(setup, 'margin', budget, 16, proto=proto), setup, 16)
+  np.testing.assert_array_equal([a.exit for a in got], want_exits)

@@ -27,6 +27,7 @@ flush: survivors wait until max_batch of them fill the next stage).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -57,8 +58,8 @@ def define_flags() -> None:
   flags.DEFINE_string('batch', '1,8', 'Micro-batch sizes, comma-separated.')
   flags.DEFINE_string('budgets', '0.25,0.5,0.75', 'Fractions from C_1 to '
                       'C_4 (or Mul-Adds when > 1), comma-separated.')
-  flags.DEFINE_enum('routing', 'margin', ['margin', 'distance', 'random'],
-                    'Who leaves early.')
+  flags.DEFINE_string('routing', 'margin', 'Who leaves early: margin, '
+                      'distance or random (with --bundle a comma list).')
   flags.DEFINE_integer('queries', 64, 'Queries streamed per measurement.')
   flags.DEFINE_integer('gallery', 1000, 'Gallery size.')
   flags.DEFINE_integer('repeats', 3, 'Passes over the queries (median).')
@@ -68,6 +69,13 @@ def define_flags() -> None:
   flags.DEFINE_string('runtime', 'jax', 'jax and/or onnx (the stages in '
                       'onnxruntime, one ONNX model each), comma-separated.')
   flags.DEFINE_string('json', '', 'Also write the results here.')
+  flags.DEFINE_string('bundle', '', 'A trained bundle (tools/export_bundle): '
+                      'time AND accuracy on the config\'s real test queries '
+                      'against --features\' gallery (run_real).')
+  flags.DEFINE_string('features', '', 'With --bundle: the run\'s features.npz '
+                      '(its gallery embeddings and ids).')
+  flags.DEFINE_string('figure', '', 'With --bundle: write the time/accuracy '
+                      'figure (batch 1 of the first runtime) here.')
   flags.mark_flags_as_required(['config'])
 
 
@@ -202,6 +210,148 @@ def run(config, batches, budgets, routing='margin', num_queries=64,
   return rows
 
 
+def run_real(config, bundle_path: str, features_path: str, batches, budgets,
+             routings=('margin', 'distance', 'random'), repeats: int = 1,
+             runtimes=('jax',), num_queries: int = 0) -> dict:
+  """The engine on a trained model and its real test queries: the bundle's
+  model, the run's gallery embeddings (features.npz: 10-view TTA, as the
+  run's evaluation) and the dataset's query images, each one view (the
+  whole image resized, as tools/stream), ranked under the bundle's protocol
+  (metric, normalisation, AP).
+
+  Returns {'rows': per (runtime, batch, routing, budget): Rank-1, mAP,
+  ms/query, exit fractions; 'exits': per (runtime, batch) each exit alone
+  (stages 1..s and its answer for every query) and the full forward: Rank-1,
+  mAP, ms/query}. num_queries > 0 takes that many queries, evenly spaced.
+  """
+  # pylint: disable=g-import-not-at-top
+  from dare_jax.data import augment
+  from dare_jax.data import datasets
+  from dare_jax.evaluation import features as features_lib
+  from dare_jax.evaluation import metrics
+  from dare_jax.evaluation import protocol as protocol_lib
+  # pylint: enable=g-import-not-at-top
+  b = bundle_lib.Bundle.load(bundle_path)
+  if b.model.trinet:
+    raise errors.ConfigError(f'{bundle_path}: a TriNet has one exit.')
+  proto = protocol_lib.Protocol.from_bundle(b.meta)
+  feats = features_lib.load_features(features_path)
+  gallery = {e: np.asarray(feats[f'gallery_{e}'], np.float32)
+             for e in anytime.EXITS}
+  g_pids = np.asarray(feats['gallery_pids'])
+  g_camids = np.asarray(feats['gallery_camids'])
+  query = datasets.load_dataset(config.data).query
+  if query.paths is None:
+    raise errors.ConfigError('--bundle needs a dataset of image files.')
+  idx = np.arange(len(query.paths))
+  if num_queries and num_queries < idx.size:
+    idx = np.linspace(0, idx.size - 1, num_queries).round().astype(int)
+  q_pids, q_camids = query.pids[idx], query.camids[idx]
+  h, w = b.input_hw
+  x = b.normalize(np.stack([augment.load_image(query.paths[i], (h, w))
+                            for i in idx])).astype(np.float32)
+  n = len(x)
+  costs = [b.exit_costs[e] for e in anytime.EXITS]
+  gp, gc = jnp.asarray(g_pids, jnp.int32), jnp.asarray(g_camids, jnp.int32)
+  g_dev = {e: jnp.asarray(a) for e, a in gallery.items()}
+
+  def accuracy(dist_QxG):
+    per = metrics.evaluate_per_query(np.asarray(dist_QxG), q_pids, q_camids,
+                                     g_pids, g_camids, ap=proto.ap)
+    sm = metrics.summarize(per, ranks=(1,))
+    return sm['rank1'], sm['mAP']
+
+  rows, exit_rows = [], []
+  for runtime, batch in [(r, bb) for r in runtimes for bb in batches]:
+    starts = range(0, n, batch)
+    if runtime == 'onnx':
+      fwd = bundle_lib.onnx_forward(bundle_lib.onnx_session(b.onnx_model()))
+      full = lambda xb: fwd(xb)['fused']
+      runner = anytime.OnnxStageRunner(b.model, b.variables, (h, w), batch)
+    else:
+      jf = jax.jit(lambda v, xb: b.model.apply(v, xb, train=False)['fused'])
+      full = lambda xb: jf(b.variables, xb)
+      runner = anytime.StageRunner(b.model, b.variables, batch)
+
+    def stats(emb, exit_name, lo):
+      return anytime._exit_stats(  # pylint: disable=protected-access
+          jnp.asarray(emb), g_dev[exit_name],
+          jnp.asarray(q_pids[lo:lo + batch], jnp.int32),
+          jnp.asarray(q_camids[lo:lo + batch], jnp.int32), gp, gc, 10, proto)
+
+    def pass_upto(s):
+      """Every query through stages 1..s and exit s's answer (s = 4: the
+      fused answer); returns the exit's distances [n, G]."""
+      dists = []
+      for lo in starts:
+        xb = x[lo:lo + batch]
+        m = len(xb)
+        carry, embs = runner.pad(xb), []
+        for k in range(1, s + 1):
+          carry, e = runner.stage(k, carry)
+          embs.append(e)
+        emb = runner.fuse(*embs) if s == 4 else embs[-1]
+        out = stats(emb[:m], anytime.EXITS[s - 1], lo)
+        dists.append(np.asarray(jax.block_until_ready(out)[-1]))
+      return np.concatenate(dists)
+
+    def full_pass():
+      dists = []
+      for lo in starts:
+        emb = full(x[lo:lo + batch])
+        dists.append(np.asarray(jax.block_until_ready(
+            stats(emb, 'fused', lo))[-1]))
+      return np.concatenate(dists)
+
+    full_pass()  # compile
+    full_ms = 1e3 * _median_seconds(full_pass, repeats) / n
+    r1, m_ap = accuracy(full_pass())
+    exit_rows.append({'runtime': runtime, 'batch': batch, 'exit': 'full',
+                      'cost': costs[-1], 'ms_per_query': full_ms,
+                      'rank1': r1, 'mAP': m_ap})
+    for s in range(1, 5):
+      pass_upto(s)  # compile
+      ms = 1e3 * _median_seconds(lambda s=s: pass_upto(s), repeats) / n
+      r1, m_ap = accuracy(pass_upto(s))
+      exit_rows.append({'runtime': runtime, 'batch': batch,
+                        'exit': anytime.EXITS[s - 1], 'cost': costs[s - 1],
+                        'ms_per_query': ms, 'rank1': r1, 'mAP': m_ap})
+    for routing, frac in [(r, f) for r in routings for f in budgets]:
+      budget = costs[0] + frac * (costs[-1] - costs[0]) if frac <= 1 else frac
+      times = []
+      for _ in range(repeats):
+        engine = anytime.AnytimeEngine(
+            b.model, b.variables, gallery, g_pids, g_camids, costs,
+            routing=routing, budget=budget, topk=10, max_batch=batch,
+            runner=runner, keep_distances=True, proto=proto)
+        engine.warmup((h, w))
+        t0 = time.perf_counter()
+        answers = []
+        for lo in starts:
+          answers += engine.process(x[lo:lo + batch], q_pids[lo:lo + batch],
+                                    q_camids[lo:lo + batch])
+        times.append(time.perf_counter() - t0)
+      answers.sort(key=lambda a: a.index)
+      exit_q = np.array([a.exit for a in answers])
+      r1, m_ap = accuracy(np.stack([a.dist_G for a in answers]))
+      ms = 1e3 * float(np.median(times)) / n
+      rows.append({
+          'runtime': runtime, 'batch': batch, 'routing': routing,
+          'budget': float(budget), 'budget_fraction': float(
+              (budget - costs[0]) / (costs[-1] - costs[0])),
+          'realized_cost': float(np.mean(np.asarray(costs)[exit_q])),
+          'exit_fractions': (np.bincount(exit_q, minlength=4) /
+                             n).tolist(),
+          'ms_per_query': ms, 'full_ms_per_query': full_ms,
+          'time_share': ms / full_ms, 'rank1': r1, 'mAP': m_ap})
+      logging.info('%s batch %d %s budget %.2f: %.2f ms/query (full %.2f), '
+                   'Rank-1 %.4f', runtime, batch, routing,
+                   rows[-1]['budget_fraction'], ms, full_ms, r1)
+  return {'rows': rows, 'exits': exit_rows, 'num_queries': n,
+          'num_gallery': int(g_pids.size),
+          'protocol': dataclasses.asdict(proto), 'exit_costs': costs}
+
+
 def _median_seconds(fn, repeats: int) -> float:
   """The median of repeats timed runs of an already warm fn
   (bench/latency's timer, without its warm-up runs)."""
@@ -243,9 +393,13 @@ def main(argv):
   console.start()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if FLAGS.bundle:
+    return main_real()
   try:
+    routing, = _choices('routing', FLAGS.routing,
+                        ('margin', 'distance', 'random'))[:1]
     rows = run(FLAGS.config, _ints('batch', FLAGS.batch),
-               _floats('budgets', FLAGS.budgets), FLAGS.routing,
+               _floats('budgets', FLAGS.budgets), routing,
                FLAGS.queries, FLAGS.gallery, FLAGS.repeats,
                _choices('modes', FLAGS.modes, MODES),
                _choices('runtime', FLAGS.runtime, RUNTIMES))
@@ -264,6 +418,49 @@ def main(argv):
   if FLAGS.json:
     reporting.write_json(FLAGS.json, {'rows': rows, 'date': time.strftime(
         '%Y-%m-%d'), 'device': jax.devices()[0].device_kind})
+  sys.stdout.flush()
+
+
+REAL_COLUMNS = (('runtime', 'runtime', '{}'), ('batch', 'batch', '{}'),
+                ('routing', 'routing', '{}'),
+                ('budget', 'budget_fraction', '{:.2f}'),
+                ('Rank-1', 'rank1', '{:.4f}'), ('mAP', 'mAP', '{:.4f}'),
+                ('ms/query', 'ms_per_query', '{:.2f}'),
+                ('full ms/query', 'full_ms_per_query', '{:.2f}'),
+                ('time share', 'time_share', '{:.3f}'))
+EXIT_COLUMNS = (('runtime', 'runtime', '{}'), ('batch', 'batch', '{}'),
+                ('exit', 'exit', '{}'), ('Mul-Adds', 'cost', '{:,d}'),
+                ('Rank-1', 'rank1', '{:.4f}'), ('mAP', 'mAP', '{:.4f}'),
+                ('ms/query', 'ms_per_query', '{:.2f}'))
+
+
+def main_real():
+  if not FLAGS.features:
+    raise SystemExit('error: --bundle needs --features=WORKDIR/features.npz '
+                     '(the run\'s gallery embeddings).')
+  try:
+    result = run_real(
+        FLAGS.config, FLAGS.bundle, FLAGS.features,
+        _ints('batch', FLAGS.batch), _floats('budgets', FLAGS.budgets),
+        _choices('routing', FLAGS.routing, ('margin', 'distance', 'random')),
+        FLAGS.repeats, _choices('runtime', FLAGS.runtime, RUNTIMES),
+        FLAGS.queries if FLAGS['queries'].present else 0)
+  except errors.UserError as e:
+    raise SystemExit(f'error: {e}') from None
+  result.update(date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+                device=jax.devices()[0].device_kind, bundle=FLAGS.bundle)
+  print(f'device: {result["device"]}, {result["num_queries"]} queries (one '
+        f'view each), gallery {result["num_gallery"]}, protocol '
+        f'{result["protocol"]}, {result["date"]}')
+  print(bench.format_columns(EXIT_COLUMNS, result['exits']))
+  print(bench.format_columns(REAL_COLUMNS, result['rows']))
+  if FLAGS.json:
+    reporting.write_json(FLAGS.json, result)
+  if FLAGS.figure:
+    from dare_jax import plots  # pylint: disable=g-import-not-at-top
+    runtime = result['rows'][0]['runtime'] if result['rows'] else 'jax'
+    plots.time_accuracy(result, FLAGS.figure, runtime=runtime,
+                        batch=min(r['batch'] for r in result['exits']))
   sys.stdout.flush()
 
 

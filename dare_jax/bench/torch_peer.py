@@ -70,10 +70,17 @@ def import_torch():
 
 def build_model(depth: int = 50, width: int = 64, head_hidden: int = 1024,
                 embedding_dim: int = 128, use_torchvision: bool = True,
-                stage_sizes: Optional[Sequence[int]] = None):
-  """DaRe on a torchvision-layout ResNet: x [B, 3, H, W] -> (stage1..4,
-  fused), [B, embedding_dim] each (references.torch_dare.build_model)."""
+                stage_sizes: Optional[Sequence[int]] = None,
+                backbone: str = 'resnet', width_multiplier: float = 1.0):
+  """DaRe on a torchvision-layout ResNet (references.torch_dare.build_model)
+  or on MobileNetV2 (references.torch_mobilenet, grouped Conv2d for the
+  depthwise convolutions, as torchvision): x [B, 3, H, W] -> (stage1..4,
+  fused), [B, embedding_dim] each."""
   import_torch()
+  if backbone == 'mobilenet_v2':
+    from dare_jax.references import torch_mobilenet  # pylint: disable=g-import-not-at-top
+    return torch_mobilenet.MobileNetV2DaRe(width_multiplier, head_hidden,
+                                           embedding_dim)
   from dare_jax.references import torch_dare  # pylint: disable=g-import-not-at-top
   return torch_dare.build_model(depth, width=width, head_hidden=head_hidden,
                                 embedding_dim=embedding_dim,
@@ -213,7 +220,7 @@ def _sync(torch, device):
 def bench_batch(batch: int, *, depth: int, input_hw: Sequence[int],
                 dtype: str, steps: int, warmup: int, compile_: bool,
                 channels_last: bool, device: str, seed: int = 0,
-                width: int = 64) -> dict:
+                width: int = 64, backbone: str = 'resnet') -> dict:
   """One batch size: a fresh model, optimiser and compilation (width:
   the stem's channels, 64 = torchvision's; smaller only for tests)."""
   torch = import_torch()
@@ -226,7 +233,7 @@ def bench_batch(batch: int, *, depth: int, input_hw: Sequence[int],
   if compile_:
     torch._dynamo.reset()  # pylint: disable=protected-access
   torch.manual_seed(seed)
-  model = build_model(depth, width=width).to(dev)
+  model = build_model(depth, width=width, backbone=backbone).to(dev)
   macs = forward_macs(model, input_hw, 128)
   if channels_last:
     model = model.to(memory_format=torch.channels_last)
@@ -260,6 +267,33 @@ def bench_batch(batch: int, *, depth: int, input_hw: Sequence[int],
           'torchvision': bool(getattr(model, 'torchvision', False))}
 
 
+def bench_eval(batch: int, *, depth: int, input_hw: Sequence[int],
+               repeats: int, device: str, backbone: str = 'resnet',
+               seed: int = 0) -> dict:
+  """The eval forward (all exits and the fusion) at one batch size, float32
+  NCHW, torch.inference_mode, eager: the median and min of `repeats` timed
+  runs after 3 warm-up runs."""
+  torch = import_torch()
+  dev = torch.device(device)
+  torch.manual_seed(seed)
+  model = build_model(depth, backbone=backbone).to(dev).eval()
+  x = torch.randn((batch, 3) + tuple(input_hw), generator=torch.Generator(
+      ).manual_seed(seed)).to(dev)
+  times = []
+  with torch.inference_mode():
+    for i in range(3 + repeats):
+      _sync(torch, dev)
+      t0 = time.perf_counter()
+      model(x)
+      _sync(torch, dev)
+      if i >= 3:
+        times.append(time.perf_counter() - t0)
+  times.sort()
+  return {'framework': 'pytorch', 'mode': 'eval', 'batch': batch,
+          'forward_ms': 1e3 * times[len(times) // 2],
+          'forward_ms_min': 1e3 * times[0], 'repeats': repeats}
+
+
 def parse_ints(text: str, flag: str) -> list[int]:
   try:
     return [int(v) for v in text.split(',') if v.strip()]
@@ -285,6 +319,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   parser.add_argument('--device', default='cuda', choices=('cuda', 'cpu'))
   parser.add_argument('--depth', type=int, default=50,
                       choices=sorted(torch_dare.DEPTHS))
+  parser.add_argument('--backbone', default='resnet',
+                      choices=('resnet', 'mobilenet_v2'))
+  parser.add_argument('--eval_batches', default='',
+                      help='Also time the eval forward at these batch sizes '
+                      '(comma-separated; --steps timed runs each).')
+  parser.add_argument('--threads', type=int, default=0,
+                      help='torch.set_num_threads (0: torch\'s default).')
   parser.add_argument('--json', default='')
   args = parser.parse_args(argv)
   if args.device == 'cuda' and not torch.cuda.is_available():
@@ -293,6 +334,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                      '--device=cpu.')
   if args.steps < 1:
     raise SystemExit(f'--steps={args.steps} must be >= 1.')
+  if args.threads:
+    torch.set_num_threads(args.threads)
   input_hw = parse_ints(args.input_size, 'input_size')
   if len(input_hw) != 2:
     raise SystemExit(f'--input_size={args.input_size!r}: expected H,W, e.g. '
@@ -316,11 +359,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     rows.append(bench_batch(
         b, depth=args.depth, input_hw=input_hw, dtype=args.dtype,
         steps=args.steps, warmup=args.warmup, compile_=not args.no_compile,
-        channels_last=not args.no_channels_last, device=args.device))
+        channels_last=not args.no_channels_last, device=args.device,
+        backbone=args.backbone))
+  eval_rows = [bench_eval(b, depth=args.depth, input_hw=input_hw,
+                          repeats=args.steps, device=args.device,
+                          backbone=args.backbone)
+               for b in (parse_ints(args.eval_batches, 'eval_batches')
+                         if args.eval_batches else [])]
+  header['backbone'] = args.backbone
   impl = 'torchvision' if rows and rows[0]['torchvision'] else 'built-in'
   print(f'device: {device_name}, torch {torch.__version__}, compile '
         f'{header["compile"]}, channels_last {header["channels_last"]}, '
-        f'ResNet-{args.depth} ({impl}) at {input_hw[0]}x{input_hw[1]}, '
+        f'{"MobileNetV2" if args.backbone == "mobilenet_v2" else "ResNet-" + str(args.depth)} ({impl}) at {input_hw[0]}x{input_hw[1]}, '
         f'{header["date"]}')
   if rows:
     print(f'forward Mul-Adds/image {rows[0]["forward_macs_per_image"]:,d}, '
@@ -333,7 +383,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
           f'{r["compile_warmup_s"]:15.1f} {r["step_ms"]:9.1f} '
           f'{r["images_per_s"]:10.1f} {r["model_tflops_per_s"]:8.3f} '
           f'{r["loss"]:8.3f}')
-  result = dict(header, rows=rows)
+  for r in eval_rows:
+    print(f'pytorch    eval forward float32 batch {r["batch"]:4d}: '
+          f'{r["forward_ms"]:.2f} ms (median of {r["repeats"]}, min '
+          f'{r["forward_ms_min"]:.2f})')
+  result = dict(header, rows=rows, eval_rows=eval_rows)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(result, f, indent=2)

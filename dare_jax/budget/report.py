@@ -36,6 +36,7 @@ from dare_jax.data import augment
 from dare_jax.data import datasets
 from dare_jax.data import spec as spec_lib
 from dare_jax.evaluation import features as features_lib
+from dare_jax.evaluation import protocol as protocol_lib
 from dare_jax.models import dare
 
 REPORT = 'budget_report.json'
@@ -130,8 +131,10 @@ def _baseline_member(b: Baseline) -> tuple[str, int, dict]:
   feats = features_lib.load_features(path)
   names = features_lib.embedding_names(feats)
   name = 'fused' if 'fused' in names else names[-1]
-  metrics = features_lib.evaluate_features_file(feats, names=[name],
-                                                ap=b.config.eval.ap)[name]
+  e = b.config.eval
+  metrics = features_lib.evaluate_features_file(
+      feats, names=[name], metric=e.metric, normalize=e.normalize,
+      ap=e.ap)[name]
   cost = costs_lib.config_exit_costs(b.config)[
       'fused' if name == 'fused' else 'stage4']
   return b.label, cost, metrics
@@ -199,8 +202,8 @@ def compute_report(config, workdir: str,
   exit_costs = exit_costs_of(config, costs_source, baselines)
   logging.info('Mul-Adds per exit (cumulative, %s): %s', costs_source,
                exit_costs)
-  retrievals = stream.exit_retrievals(feats, dare.EMBEDDINGS,
-                                      ap=config.eval.ap)
+  retrievals = stream.exit_retrievals(
+      feats, dare.EMBEDDINGS, protocol_lib.Protocol.from_config(config.eval))
   metrics = {}
   for e in dare.EMBEDDINGS:
     metrics[e] = retrievals[e].summary()

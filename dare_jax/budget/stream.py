@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -67,6 +67,7 @@ from dare_jax import errors
 from dare_jax.budget import anytime
 from dare_jax.evaluation import features as features_lib
 from dare_jax.evaluation import metrics
+from dare_jax.evaluation import protocol as protocol_lib
 
 ROUTINGS = ('distance', 'margin', 'random')
 CONFIDENCES = ('distance', 'margin')  # The routings that read confidences.
@@ -343,17 +344,21 @@ def _check_exits(feats: Mapping[str, np.ndarray], exits: Sequence[str]):
 
 
 def exit_retrievals(feats: Mapping[str, np.ndarray], exits: Sequence[str],
-                    ap: str = 'market') -> dict[str, ExitRetrieval]:
-  """{name: ExitRetrieval} for each exit of a features dict, in order."""
+                    proto: Optional[protocol_lib.Protocol] = None
+                    ) -> dict[str, ExitRetrieval]:
+  """{name: ExitRetrieval} for each exit of a features dict, in order,
+  ranked under the run's protocol (metric, normalisation, AP; the defaults
+  when None)."""
+  proto = proto or protocol_lib.Protocol()
   _check_exits(feats, exits)
   ids = [np.asarray(feats[k]) for k in features_lib.ID_KEYS]
   out = {}
   for name in exits:
-    dist = np.asarray(metrics.pairwise_distances(
-        feats[f'query_{name}'], feats[f'gallery_{name}']))
-    out[name] = ExitRetrieval(name, dist,
-                              metrics.evaluate_per_query(dist, *ids, ap=ap),
-                              *ids)
+    dist = np.asarray(proto.distances(feats[f'query_{name}'],
+                                      feats[f'gallery_{name}']))
+    out[name] = ExitRetrieval(
+        name, dist, metrics.evaluate_per_query(dist, *ids, ap=proto.ap),
+        *ids)
   return out
 
 
@@ -371,7 +376,7 @@ def _check_stream(routing: str, num_exits: int, costs_S, budgets):
 def simulate(feats: Mapping[str, np.ndarray], exits: Sequence[str],
              costs_S: Sequence[float], budgets: Sequence[float],
              routing: str = 'distance', seed: int = 0,
-             ap: str = 'market') -> list[dict]:
+             proto: Optional[protocol_lib.Protocol] = None) -> list[dict]:
   """The budgeted stream at each budget.
 
   Args:
@@ -382,7 +387,7 @@ def simulate(feats: Mapping[str, np.ndarray], exits: Sequence[str],
     routing: 'distance', 'margin' or 'random'.
     seed: the random routing's stream, seeded once (each budget, in order,
       draws a fresh block from it).
-    ap: 'market' or 'standard' AP.
+    proto: the retrieval protocol (metric, normalisation, AP).
 
   Returns:
     [{'budget', 'exit_fractions': [S] realised, 'realized_cost', 'rank1',
@@ -390,7 +395,7 @@ def simulate(feats: Mapping[str, np.ndarray], exits: Sequence[str],
   """
   exits = list(exits)
   c, budgets = _check_stream(routing, len(exits), costs_S, budgets)
-  retrievals = exit_retrievals(feats, exits, ap=ap)  # after the cheap checks
+  retrievals = exit_retrievals(feats, exits, proto)  # after the cheap checks
   return simulate_retrievals([retrievals[e] for e in exits], c, budgets,
                              routing=routing, seed=seed)
 

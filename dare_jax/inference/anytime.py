@@ -46,6 +46,7 @@ import numpy as np
 from dare_jax import errors
 from dare_jax.budget import stream as stream_lib
 from dare_jax.evaluation import metrics
+from dare_jax.evaluation import protocol as protocol_lib
 from dare_jax.models import dare
 
 EXITS = stream_lib.DEFAULT_EXITS  # stage1, stage2, stage3, fused
@@ -248,13 +249,14 @@ class OnlineRouter:
     return c >= threshold
 
 
-@functools.partial(jax.jit, static_argnames=('topk',))
+@functools.partial(jax.jit, static_argnames=('topk', 'proto'))
 def _exit_stats(q_BxD, g_GxD, q_pids_B, q_camids_B, g_pids_G, g_camids_G,
-                topk):
+                topk, proto=protocol_lib.Protocol()):
   """On the device, per query: the nearest remaining distance, the nearest
   of another identity than the top-1's (the two numbers the confidences of
-  budget/stream.py are made of), the top-K gallery indices and distances."""
-  dist_BxG = metrics.pairwise_distances(q_BxD, g_GxD)
+  budget/stream.py are made of), the top-K gallery indices and distances,
+  all under the run's protocol (metric, normalisation)."""
+  dist_BxG = proto.distances(q_BxD, g_GxD)
   _, removed_BxG = metrics.removal_mask(q_pids_B, q_camids_B, g_pids_G,
                                         g_camids_G)
   d = jnp.where(removed_BxG, jnp.inf, dist_BxG)
@@ -301,6 +303,8 @@ class AnytimeEngine:
     keep_distances: hand each answer its exit's [G] distances (for
       Rank-1 / mAP of labelled queries).
     runner: a StageRunner of this model and max_batch to reuse.
+    proto: the retrieval protocol (protocol.Protocol.from_bundle(meta));
+      raw Euclidean distances when None.
   """
 
   def __init__(self, model, variables, gallery, g_pids, g_camids, costs, *,
@@ -308,7 +312,8 @@ class AnytimeEngine:
                deadline_ms: Optional[float] = None, topk: int = 10,
                max_batch: int = 16, seed: int = 0,
                keep_distances: bool = False,
-               runner: Optional[StageRunner] = None):
+               runner: Optional[StageRunner] = None,
+               proto: Optional[protocol_lib.Protocol] = None):
     if (budget is None) == (deadline_ms is None):
       raise errors.ConfigError('Give a budget or a deadline, not both.')
     if routing not in stream_lib.ROUTINGS:
@@ -321,6 +326,8 @@ class AnytimeEngine:
     # A runner (its compiled stages) can be shared by engines of one model;
     # an OnnxStageRunner runs the stages in onnxruntime.
     self.runner = runner or StageRunner(model, variables, max_batch)
+    # How the run ranks (bundle.json's metric and normalisation).
+    self.proto = proto or protocol_lib.Protocol()
     self.gallery = {e: jnp.asarray(gallery[e], jnp.float32) for e in EXITS}
     self.g_pids = jnp.asarray(g_pids, jnp.int32)
     self.g_camids = jnp.asarray(g_camids, jnp.int32)
@@ -377,7 +384,7 @@ class AnytimeEngine:
 
   def _stats(self, s_exit: int, emb, q_pids, q_camids):
     return _exit_stats(emb, self.gallery[EXITS[s_exit]], q_pids, q_camids,
-                       self.g_pids, self.g_camids, self.topk)
+                       self.g_pids, self.g_camids, self.topk, self.proto)
 
   def _input_rows(self, x_NxHxWx3, q_pids, q_camids):
     n = len(x_NxHxWx3)

@@ -213,6 +213,7 @@ def metadata(config, exit_costs: Mapping[str, int],
       # How the run's evaluation compares embeddings; tools/search uses it.
       'search': {'metric': str(config.eval.metric),
                  'normalize': bool(config.eval.normalize),
+                 'ap': str(config.eval.ap),
                  'k1': int(config.eval.k1), 'k2': int(config.eval.k2),
                  'lambda_value': float(config.eval.lambda_value)},
       'files': {'params': PARAMS, 'stablehlo': STABLEHLO,

@@ -3,7 +3,7 @@ r"""The budgeted stream over a features file (dare_jax/budget/stream.py).
   python -m dare_jax.tools.budgeted FEATURES.npz \
       --exits=stage1,stage2,stage3,fused --costs=C1,C2,C3,C4 \
       --budgets=B1,B2,... [--routing=distance|margin|random] [--seed=0] \
-      [--ap=market|standard]
+      [--metric=euclidean] [--normalize] [--ap=market|standard]
 
 Costs are the cumulative Mul-Adds per image of each exit
 (`python -m dare_jax.tools.costs --config=...`), budgets the average
@@ -22,6 +22,7 @@ from dare_jax import errors
 from dare_jax.budget import stream
 from dare_jax.evaluation import features as features_lib
 from dare_jax.evaluation import metrics
+from dare_jax.evaluation import protocol as protocol_lib
 from dare_jax.tools import cli
 
 # Plain strings, parsed below, so that every bad value gets the same
@@ -35,6 +36,10 @@ flags.DEFINE_string('budgets', None, 'Average budgets per query, '
 flags.DEFINE_string('routing', 'distance', 'distance, margin or random.')
 flags.DEFINE_string('seed', '0', 'Seed of the random routing\'s stream '
                     '(seeded once; each budget, in order, draws on).')
+flags.DEFINE_enum('metric', 'euclidean', list(metrics.METRICS),
+                  'The distance, as the run\'s eval.metric.')
+flags.DEFINE_bool('normalize', False, 'L2-normalise the embeddings first, as '
+                  'the run\'s eval.normalize (the dataset configs set it).')
 flags.DEFINE_string('ap', 'market', 'market (official, trapezoidal) or '
                     'standard AP.')
 FLAGS = flags.FLAGS
@@ -86,7 +91,9 @@ def main(argv):
     exits, costs, budgets, seed = _parse()
     feats = features_lib.load_features(argv[1])
     return stream.simulate(feats, exits, costs, budgets,
-                           routing=FLAGS.routing, seed=seed, ap=FLAGS.ap)
+                           routing=FLAGS.routing, seed=seed,
+                           proto=protocol_lib.Protocol(
+                               FLAGS.metric, FLAGS.normalize, FLAGS.ap))
   return cli.emit_json(compute, indent=2)
 
 

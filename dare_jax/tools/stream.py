@@ -70,6 +70,7 @@ def run_stream(bundle_path: str, gallery_spec: str, queries_spec: str, *,
   from dare_jax import fileio
   from dare_jax.data import augment
   from dare_jax.evaluation import metrics
+  from dare_jax.evaluation import protocol as protocol_lib
   from dare_jax.inference import anytime
   from dare_jax.inference import bundle as bundle_lib
   from dare_jax.inference import gallery as gallery_lib
@@ -111,10 +112,12 @@ def run_stream(bundle_path: str, gallery_spec: str, queries_spec: str, *,
     raise errors.ConfigError(f'--runtime={runtime!r}: use jax or onnx.')
   runner = (anytime.OnnxStageRunner(b.model, b.variables, b.input_hw, batch)
             if runtime == 'onnx' else None)
+  proto = protocol_lib.Protocol.from_bundle(b.meta)
   engine = anytime.AnytimeEngine(
       b.model, b.variables, g.embeddings, g_pids, g_camids, costs,
       routing=routing, budget=budget, deadline_ms=deadline_ms, topk=topk,
-      max_batch=batch, seed=seed, keep_distances=labelled, runner=runner)
+      max_batch=batch, seed=seed, keep_distances=labelled, runner=runner,
+      proto=proto)
   engine.warmup(b.input_hw)
   prog = images_lib.Progress(len(queries), 'stream') if progress else None
   answers = []
@@ -156,7 +159,7 @@ def run_stream(bundle_path: str, gallery_spec: str, queries_spec: str, *,
           np.full(len(queries), -1, np.int64))
     per = metrics.evaluate_per_query(
         np.stack([a.dist_G for a in answers]), queries.person, qc,
-        g_pids, g_camids)
+        g_pids, g_camids, ap=proto.ap)
     if np.any(per['valid']):
       s = metrics.summarize(per, ranks=(1,))
       summary['rank1'], summary['mAP'] = s['rank1'], s['mAP']
