@@ -168,7 +168,7 @@ def check_pretrained(model_cfg) -> None:
           '--config.model.pretrained at the ImageNet weights file, or pass '
           '--config.model.pretrained=none to train from scratch on purpose.')
     return
-  if not m.get('require_pretrained', False):
+  if m.pretrained or not m.get('require_pretrained', False):
     return
   if m.backbone == 'mobilenet_v2':
     name = 'mobilenet_v2-b0353104.pth'

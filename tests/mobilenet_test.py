@@ -267,3 +267,77 @@ def test_a_wrong_file_names_every_bad_key():
   assert 'missing (1):\n    features.7.conv.3.weight [192, 1, 3, 3]' in msg
   assert 'unexpected (1):\n    features.7.conv.9.weight [3]' in msg
   assert 'features.18.1.weight: file [7], model expects [1280]' in msg
+
+
+@pytest.mark.parametrize('variant', ['', 'scratch', 'trinet', 'nodeep'])
+def test_cuhk01_mobilenet_configs_validate(variant):
+  from configs import cuhk01_mobilenet  # pylint: disable=g-import-not-at-top
+  from dare_jax import configlib  # pylint: disable=g-import-not-at-top
+  c = cuhk01_mobilenet.get_config(variant)
+  configlib.validate(c, 1)
+  assert c.model.backbone == 'mobilenet_v2'
+  assert c.model.pretrained == ('none' if variant == 'scratch' else
+                                cuhk01_mobilenet.WEIGHTS)
+  assert (c.model.heads == 'trinet') == (variant == 'trinet')
+  assert c.loss.deep_supervision == (variant != 'nodeep')
+  with pytest.raises(ValueError, match='unknown variant'):
+    cuhk01_mobilenet.get_config('scrach')
+
+
+def test_an_absent_weights_file_is_refused_by_name(tmp_path):
+  from configs import cuhk01_mobilenet  # pylint: disable=g-import-not-at-top
+  from dare_jax import builder  # pylint: disable=g-import-not-at-top
+  c = cuhk01_mobilenet.get_config()
+  c.model.pretrained = str(tmp_path / 'mobilenet_v2_imagenet_features.pt')
+  with pytest.raises(errors.ConfigError,
+                     match='mobilenet_v2_imagenet_features.pt.: no such file'):
+    builder.check_pretrained(c.model)
+  c.model.pretrained = ''
+  with pytest.raises(errors.ConfigError, match='mobilenet_v2-b0353104.pth'):
+    builder.check_pretrained(c.model)
+  c.model.pretrained = 'none'
+  builder.check_pretrained(c.model)  # from scratch on purpose
+
+
+def test_onnx_export_equals_the_jax_forward():
+  """The bundle's ONNX model (depthwise convolutions as grouped Conv nodes,
+  dare.for_onnx) and the anytime stages in onnxruntime give the CPU
+  formulation's embeddings."""
+  from dare_jax.inference import anytime  # pylint: disable=g-import-not-at-top
+  from dare_jax.inference import bundle  # pylint: disable=g-import-not-at-top
+  model = _model('shift', 'dot')
+  v = _init(model)
+  x = np.random.default_rng(6).normal(size=(3, H, W, 3)).astype(np.float32)
+  with jax.default_matmul_precision('highest'):
+    want = jax.device_get(model.apply(v, x))
+  got = bundle.onnx_forward(bundle.onnx_session(
+      bundle.export_onnx(model, v, (H, W))))(x)
+  for name in dare.EMBEDDINGS:
+    assert _rel(got[name], want[name]) < 1e-5, name
+  runner = anytime.OnnxStageRunner(model, v, (H, W), max_batch=4)
+  carry, embs = runner.pad(x), []
+  for s in range(1, 5):
+    carry, e = runner.stage(s, carry)
+    embs.append(np.asarray(e)[:3])
+  assert _rel(runner.fuse(*embs), want['fused']) < 1e-5
+
+
+@needs_shared
+def test_convert_weights_reads_the_nested_layout(tmp_path):
+  """tools/convert_weights on torchvision's nested file writes the flat
+  names, which read back to the same backbone as the shared file."""
+  from configs import cuhk01_mobilenet  # pylint: disable=g-import-not-at-top
+  from dare_jax.tools import convert_weights  # pylint: disable=g-import-not-at-top
+  flat = torch.load(SHARED_FILE, map_location='cpu', weights_only=True)
+  path = str(tmp_path / 'mobilenet_v2-b0353104.pth')
+  torch.save(torch_mobilenet.nested_state_dict(flat), path)
+  c = cuhk01_mobilenet.get_config()
+  c.data.input_size = (H, W)
+  out = convert_weights.convert(c, path, str(tmp_path / 'out'))
+  with np.load(out['npz']) as z:
+    got = {k: z[k] for k in z.files}
+  want = {k: v.numpy() for k, v in flat.items()
+          if not k.endswith('num_batches_tracked')}
+  assert sorted(got) == sorted(want)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k])

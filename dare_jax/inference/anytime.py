@@ -162,7 +162,7 @@ def export_stage_onnx(model: dare.DaRe, variables, input_shape,
   from dare_jax.inference import bundle as bundle_lib
   # pylint: enable=g-import-not-at-top
   host = jax.device_get(variables)
-  model = model.clone(dtype=jnp.float32)
+  model = dare.for_onnx(model)
 
   def fn(x):
     out, carry = model.apply(host, x, train=False, first_exit=s, num_exits=s,

@@ -130,7 +130,7 @@ def export_onnx(model: dare.DaRe, variables, input_hw,
   in float32 whatever its compute dtype.
   """
   h, w = input_hw
-  model = model.clone(dtype=jnp.float32)
+  model = dare.for_onnx(model)
   host = jax.device_get(variables)
   x = jnp.zeros((1, h, w, 3), jnp.float32)
   names = tuple(jax.eval_shape(

@@ -162,6 +162,14 @@ class DaRe(nn.Module):
     return (out, carry) if return_carry else out
 
 
+def for_onnx(model: DaRe) -> DaRe:
+  """The formulation exported to ONNX: float32, and MobileNetV2's
+  depthwise convolutions as grouped Conv nodes (onnxruntime's depthwise
+  kernel ran 3x faster than the nine shifted multiply-adds at 128x64, batch
+  1); the same parameters and values."""
+  return model.clone(dtype=jnp.float32, depthwise_shift=False)
+
+
 def fuse_with(w_S, embs) -> jax.Array:
   """phi_fused = sum_s w_s phi_s over the four exits' embeddings."""
   return sum(w_S[s] * embs[name] for s, name in enumerate(EXITS))
