@@ -96,8 +96,9 @@ def time_accuracy(result: Mapping, out_png: str, runtime: str = 'jax',
   styles = {'margin': ('C0', 'o'), 'distance': ('C1', 's'),
             'random': ('C2', '^')}
   for routing in dict.fromkeys(r['routing'] for r in rows):
-    pts = sorted((r['ms_per_query'], 100 * r['rank1']) for r in rows
-                 if r['routing'] == routing)
+    pts = [(r['ms_per_query'], 100 * r['rank1']) for r in sorted(
+        (r for r in rows if r['routing'] == routing),
+        key=lambda r: r['budget'])]  # in budget order
     color, marker = styles.get(routing, ('C3', 'x'))
     ax.plot(*zip(*pts), marker=marker, color=color, lw=1.4,
             label=f'DaRe, {routing} routing')
@@ -106,11 +107,15 @@ def time_accuracy(result: Mapping, out_png: str, runtime: str = 'jax',
     ax.scatter(e['ms_per_query'], 100 * e['rank1'], marker='*' if full else
                'D', s=140 if full else 45, color='k' if full else 'C7',
                zorder=3)
-    ax.annotate('full model' if full else e['exit'],
+    ax.annotate('full model' if full else (
+        'fused (stage by stage)' if e['exit'] == 'fused' else e['exit']),
                 (e['ms_per_query'], 100 * e['rank1']),
-                textcoords='offset points', xytext=(6, -10), fontsize=8)
+                textcoords='offset points',
+                xytext=(-30, 9) if full else (6, -10), fontsize=8)
   ax.set(xlabel=f'measured ms per query ({runtime}, batch {batch})',
          ylabel='Rank-1 (%)', title=title or 'anytime re-ID: time vs accuracy')
+  ax.text(0.01, 0.99, 'lines: budgets in increasing order', fontsize=7,
+          transform=ax.transAxes, va='top', color='0.4')
   ax.grid(alpha=0.3)
   ax.legend(loc='lower right', fontsize=8)
   ax.margins(x=0.12, y=0.08)

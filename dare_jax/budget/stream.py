@@ -291,7 +291,8 @@ class ExitRetrieval:
 
   Attributes:
     name: the embedding.
-    dist_QxG: float32 [Q, G] Euclidean distances (metrics defaults).
+    dist_QxG: float32 [Q, G] distances under the run's protocol
+      (evaluation/protocol.py: metric, normalisation).
     per_query: metrics.evaluate_per_query's dict for them.
     q_pids, q_camids, g_pids, g_camids: the features file's ids.
   """
