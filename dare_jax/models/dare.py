@@ -245,21 +245,25 @@ def from_config(model_cfg, bn_axis_name: Optional[str] = None) -> DaRe:
 
 
 CONV1X1 = ('auto', 'conv', 'dot')
+DEPTHWISE = ('auto', 'conv', 'shift')
+
+
+def _cpu_formulation(field: str, choice: str, options) -> bool:
+  """True for the CPU formulation (options[2]): chosen, or 'auto' where
+  JAX's default backend is the CPU; options[1] is nn.Conv."""
+  if choice not in options:
+    raise ConfigError(f'model.{field}={choice!r}: use '
+                      f"{', '.join(repr(o) for o in options)}.")
+  if choice == 'auto':
+    return jax.default_backend() == 'cpu'
+  return choice == options[2]
 
 
 def conv1x1_dot(choice: str) -> bool:
   """config.model.conv1x1: 'dot' (resnet.Conv1x1), 'conv' (nn.Conv), or
   'auto': dot where JAX's default backend is the CPU (where XLA's 1x1
   convolution gradients are slow), conv on accelerators (unchanged)."""
-  if choice not in CONV1X1:
-    raise ConfigError(f"model.conv1x1={choice!r}: use 'auto', 'conv' or "
-                      "'dot'.")
-  if choice == 'auto':
-    return jax.default_backend() == 'cpu'
-  return choice == 'dot'
-
-
-DEPTHWISE = ('auto', 'conv', 'shift')
+  return _cpu_formulation('conv1x1', choice, CONV1X1)
 
 
 def depthwise_shift(choice: str) -> bool:
@@ -267,9 +271,4 @@ def depthwise_shift(choice: str) -> bool:
   multiply-adds, mobilenet.DepthwiseShift), 'conv' (nn.Conv with
   feature_group_count), or 'auto': shift where JAX's default backend is the
   CPU (XLA:CPU's grouped convolutions are slow), conv on accelerators."""
-  if choice not in DEPTHWISE:
-    raise ConfigError(f"model.depthwise={choice!r}: use 'auto', 'conv' or "
-                      "'shift'.")
-  if choice == 'auto':
-    return jax.default_backend() == 'cpu'
-  return choice == 'shift'
+  return _cpu_formulation('depthwise', choice, DEPTHWISE)
