@@ -57,6 +57,7 @@ cost and fractions only, as the metrics leave it out).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from typing import Mapping, Optional, Sequence
@@ -166,6 +167,29 @@ def conditional(p_S: Sequence[float]) -> np.ndarray:
   return pi
 
 
+class ExitRule:
+  """The online exit rule of the module docstring, written once: the
+  simulation (route) and the deployed engine (inference/anytime) both ask
+  it, one query at a time in arrival order. At exit s < S it keeps the
+  confidences seen there; a query leaves when its confidence is at least
+  the one at index floor((n - 1) * pi_s) of them sorted descending (n
+  counting itself); pi_s = 0 lets everyone through; the last exit takes
+  every query left."""
+
+  def __init__(self, pi_S: Sequence[float]):
+    self.pi = np.asarray(pi_S, np.float64)
+    self._neg = [[] for _ in self.pi]  # ascending negated confidences
+
+  def leaves(self, s: int, c: float) -> bool:
+    if s == self.pi.size - 1:
+      return True
+    if self.pi[s] <= 0:
+      return False  # nobody leaves here (see the module docstring)
+    seen = self._neg[s]
+    bisect.insort(seen, -float(c))
+    return c >= -seen[math.floor((len(seen) - 1) * self.pi[s])]
+
+
 def route(conf_QxS: np.ndarray, pi_S: Sequence[float]) -> np.ndarray:
   """Routes the stream (rows in arrival order): int [Q] 0-based exit.
 
@@ -173,35 +197,17 @@ def route(conf_QxS: np.ndarray, pi_S: Sequence[float]) -> np.ndarray:
   exit; the last exit's column is never read.
   """
   conf = np.asarray(conf_QxS, np.float64)
-  pi = np.asarray(pi_S, np.float64)
-  num_q, num_s = conf.shape[0], pi.size
+  num_s = np.asarray(pi_S).size
   if conf.ndim != 2 or conf.shape[1] < num_s - 1:
     raise ValueError(f'conf_QxS must be [Q, >= {num_s - 1}]; got '
                      f'{conf.shape}.')
-  exit_q = np.full((num_q,), num_s - 1, np.int64)
-  running = np.arange(num_q)
-  for s in range(num_s - 1):
-    if pi[s] <= 0 or running.size == 0:
-      continue  # Nobody leaves here (see the module docstring).
-    seen = []  # Confidences at exit s, kept sorted descending.
-    leaving = []
-    for q in running:
-      c = conf[q, s]
-      # Insert keeping the list descending: bisect on the negated order.
-      lo, hi = 0, len(seen)
-      while lo < hi:
-        mid = (lo + hi) // 2
-        if seen[mid] > c:
-          lo = mid + 1
-        else:
-          hi = mid
-      seen.insert(lo, c)
-      threshold = seen[math.floor((len(seen) - 1) * pi[s])]
-      if c >= threshold:
+  rule = ExitRule(pi_S)
+  exit_q = np.full((conf.shape[0],), num_s - 1, np.int64)
+  for q in range(conf.shape[0]):
+    for s in range(num_s - 1):
+      if rule.leaves(s, conf[q, s]):
         exit_q[q] = s
-        leaving.append(q)
-    running = np.setdiff1d(running, np.asarray(leaving, np.int64),
-                           assume_unique=True)
+        break
   return exit_q
 
 
@@ -273,15 +279,24 @@ def confidences(dist_QxG, q_pids, q_camids, g_pids, g_camids,
       continue
     top = np.argmin(d, axis=1)  # first index on ties, as a stable sort
     d1 = d[np.arange(b - a), top]
-    if kind == 'distance':
-      out[a:b] = -d1
-      continue
-    other = np.where(gp[None, :] == gp[top][:, None], np.inf, d)
-    # Nothing left at all (d1 = inf): not confident.
-    nothing = np.isinf(d1)
-    margin = np.min(other, axis=1) - np.where(nothing, 0.0, d1)
-    out[a:b] = np.where(nothing, -np.inf, margin)
+    d2 = np.min(np.where(gp[None, :] == gp[top][:, None], np.inf, d),
+                axis=1)
+    out[a:b] = confidence_of(kind, d1, d2)
   return out
+
+
+def confidence_of(kind: str, d1, d2):
+  """The confidences, written once (the simulation and the engine call
+  it): from d1, the nearest remaining distance, and d2, the nearest of
+  another identity than the top-1's (arrays or scalars, float64).
+  distance: -d1; margin: d2 - d1 (inf when one identity is left); -inf
+  when nothing is left (d1 = inf)."""
+  d1 = np.asarray(d1, np.float64)
+  d2 = np.asarray(d2, np.float64)
+  nothing = np.isinf(d1)
+  with np.errstate(invalid='ignore'):
+    c = -d1 if kind == 'distance' else d2 - np.where(nothing, 0.0, d1)
+  return np.where(nothing, -np.inf, c)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -229,26 +229,6 @@ class OnnxStageRunner(StageRunner):
     return {k: v[:-1] for k, v in buffer.items()}
 
 
-class OnlineRouter:
-  """budget/stream.route, one query at a time: at exit s the confidences
-  seen so far, sorted descending; a query leaves when its confidence is at
-  least the one at index floor((n - 1) * pi_s)."""
-
-  def __init__(self, pi_S: Sequence[float]):
-    self.pi = np.asarray(pi_S, np.float64)
-    self._neg = [[] for _ in self.pi]  # ascending negated confidences
-
-  def leaves(self, s: int, c: float) -> bool:
-    if s == len(self.pi) - 1:
-      return True
-    if self.pi[s] <= 0:
-      return False  # nobody leaves (see budget/stream.py)
-    seen = self._neg[s]
-    bisect.insort(seen, -c)
-    threshold = -seen[math.floor((len(seen) - 1) * self.pi[s])]
-    return c >= threshold
-
-
 @functools.partial(jax.jit, static_argnames=('topk', 'proto'))
 def _exit_stats(q_BxD, g_GxD, q_pids_B, q_camids_B, g_pids_G, g_camids_G,
                 topk, proto=protocol_lib.Protocol()):
@@ -266,16 +246,6 @@ def _exit_stats(q_BxD, g_GxD, q_pids_B, q_camids_B, g_pids_G, g_camids_G,
   d2_B = jnp.min(other, axis=1)
   neg, idx_BxK = jax.lax.top_k(-dist_BxG, topk)
   return d1_B, d2_B, idx_BxK, -neg, dist_BxG
-
-
-def confidence(kind: str, d1: float, d2: float) -> float:
-  """budget/stream.confidences from the two distances, in float64."""
-  d1, d2 = float(d1), float(d2)
-  if math.isinf(d1):
-    return -math.inf  # nothing left: never confident
-  if kind == 'distance':
-    return -d1
-  return d2 - d1  # inf when a single identity is left
 
 
 @dataclasses.dataclass
@@ -343,7 +313,8 @@ class AnytimeEngine:
       self.pi = stream_lib.conditional(fractions)
     else:
       self.pi = None
-    self.router = OnlineRouter(self.pi) if self.pi is not None else None
+    self.router = (stream_lib.ExitRule(self.pi) if self.pi is not None
+                   else None)
     self._rng = np.random.default_rng(seed)
     self._u: list[np.ndarray] = []
     # Queued streaming: per exit s >= 1, the waiting queries and their rows.
@@ -426,7 +397,8 @@ class AnytimeEngine:
       return True
     if self.routing == 'random':
       return bool(self._draws(q)[s] < self.pi[s])
-    return self.router.leaves(s, confidence(self.routing, d1, d2))
+    return self.router.leaves(
+        s, float(stream_lib.confidence_of(self.routing, d1, d2)))
 
   def process(self, x_NxHxWx3: np.ndarray, q_pids=None, q_camids=None
               ) -> list[Answer]:
