@@ -161,14 +161,16 @@ def check_pretrained(model_cfg) -> None:
   weights (model.require_pretrained) has no model.pretrained, or when
   model.pretrained names a local file that is not there."""
   m = model_cfg
-  if m.pretrained and m.pretrained != 'none':
+  if m.pretrained == 'none':
+    return  # from scratch on purpose
+  if m.pretrained:
     if '://' not in m.pretrained and not fileio.isfile(m.pretrained):
       raise errors.ConfigError(
           f'model.pretrained={m.pretrained!r}: no such file. Point '
           '--config.model.pretrained at the ImageNet weights file, or pass '
           '--config.model.pretrained=none to train from scratch on purpose.')
     return
-  if m.pretrained or not m.get('require_pretrained', False):
+  if not m.get('require_pretrained', False):
     return
   if m.backbone == 'mobilenet_v2':
     name = 'mobilenet_v2-b0353104.pth'

@@ -350,6 +350,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   header = {'device': device_name, 'torch_version': torch.__version__,
             'compile': not args.no_compile,
             'channels_last': not args.no_channels_last, 'depth': args.depth,
+            'backbone': args.backbone,
             'input_size': input_hw, 'steps': args.steps,
             'warmup': args.warmup,
             'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -364,13 +365,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   eval_rows = [bench_eval(b, depth=args.depth, input_hw=input_hw,
                           repeats=args.steps, device=args.device,
                           backbone=args.backbone)
-               for b in (parse_ints(args.eval_batches, 'eval_batches')
-                         if args.eval_batches else [])]
-  header['backbone'] = args.backbone
+               for b in parse_ints(args.eval_batches, 'eval_batches')]
   impl = 'torchvision' if rows and rows[0]['torchvision'] else 'built-in'
+  net = ('MobileNetV2' if args.backbone == 'mobilenet_v2' else
+         f'ResNet-{args.depth}')
   print(f'device: {device_name}, torch {torch.__version__}, compile '
         f'{header["compile"]}, channels_last {header["channels_last"]}, '
-        f'{"MobileNetV2" if args.backbone == "mobilenet_v2" else "ResNet-" + str(args.depth)} ({impl}) at {input_hw[0]}x{input_hw[1]}, '
+        f'{net} ({impl}) at {input_hw[0]}x{input_hw[1]}, '
         f'{header["date"]}')
   if rows:
     print(f'forward Mul-Adds/image {rows[0]["forward_macs_per_image"]:,d}, '

@@ -279,8 +279,8 @@ def confidences(dist_QxG, q_pids, q_camids, g_pids, g_camids,
       continue
     top = np.argmin(d, axis=1)  # first index on ties, as a stable sort
     d1 = d[np.arange(b - a), top]
-    d2 = np.min(np.where(gp[None, :] == gp[top][:, None], np.inf, d),
-                axis=1)
+    d2 = (np.min(np.where(gp[None, :] == gp[top][:, None], np.inf, d),
+                 axis=1) if kind == 'margin' else None)  # distance: unused
     out[a:b] = confidence_of(kind, d1, d2)
   return out
 
@@ -292,10 +292,11 @@ def confidence_of(kind: str, d1, d2):
   distance: -d1; margin: d2 - d1 (inf when one identity is left); -inf
   when nothing is left (d1 = inf)."""
   d1 = np.asarray(d1, np.float64)
-  d2 = np.asarray(d2, np.float64)
   nothing = np.isinf(d1)
-  with np.errstate(invalid='ignore'):
-    c = -d1 if kind == 'distance' else d2 - np.where(nothing, 0.0, d1)
+  if kind == 'distance':
+    c = -d1  # d2 is not read
+  else:
+    c = np.asarray(d2, np.float64) - np.where(nothing, 0.0, d1)
   return np.where(nothing, -np.inf, c)
 
 

@@ -173,10 +173,8 @@ class MobileNetV2(nn.Module):
     maps = []
     for i in range(start, STAGE_ENDS[num_stages - 1]):
       if i == 0:
-        x = nn.Conv(make_divisible(STEM_CHANNELS * self.width_multiplier),
-                    (3, 3), (2, 2), padding=((1, 1), (1, 1)), use_bias=False,
-                    kernel_init=conv_init, dtype=self.dtype,
-                    name='features_0_conv')(x)
+        x = _conv(make_divisible(STEM_CHANNELS * self.width_multiplier), 3,
+                  2, 'features_0_conv', self.dtype, cpu)(x)
         x = nn.relu6(self.norm(name='features_0_bn')(x))
       elif i == NUM_FEATURES - 1:
         x = _conv(last_channels(self.width_multiplier), 1, 1,

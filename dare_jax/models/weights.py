@@ -358,6 +358,7 @@ def _fmt(shape) -> str:
 
 def _apply(path: str, sd: Mapping[str, np.ndarray], entries: list[Entry],
            variables: dict, ignore: Callable[[str], bool], what: str) -> dict:
+  sd = mobilenet_flat_names(sd)  # a no-op on any other file
   entries = [e for e in entries if not e.optional or e.torch_name in sd]
   by_name = {e.torch_name: e for e in entries}
   ignored = sorted(k for k in sd if k not in by_name and ignore(k))
@@ -417,8 +418,6 @@ def load_backbone(path: str, params, batch_stats, prefix: str = '',
   sd = read_state_dict(path, prefix) if state_dict is None else state_dict
   if 'backbone' not in params:
     raise ValueError('params has no "backbone" subtree.')
-  if architecture(params) == 'mobilenet_v2':
-    sd = mobilenet_flat_names(sd)
   entries = backbone_entries(params, batch_stats)
   out = _apply(path, sd, entries,
                {'params': params, 'batch_stats': batch_stats},
@@ -440,8 +439,6 @@ def load_dare_checkpoint(path: str, variables, prefix: str = '',
   """
   sd = read_state_dict(path, prefix) if state_dict is None else state_dict
   params, batch_stats = variables['params'], variables.get('batch_stats', {})
-  if architecture(params) == 'mobilenet_v2':
-    sd = mobilenet_flat_names(sd)
   entries = (backbone_entries(params, batch_stats) +
              head_entries(params, batch_stats, head_layout, fusion_name))
   return _apply(path, sd, entries, dict(variables), _ignored_always,
