@@ -12,7 +12,6 @@ import time
 
 from absl import logging
 
-from dare_jax import distributed
 from dare_jax import fileio
 
 
@@ -82,6 +81,9 @@ class Reporter:
   def __init__(self, workdir: str, start_step: int, num_steps: int,
                batch_size: int):
     self._start, self._num_steps, self._batch = start_step, num_steps, batch_size
+    # Imported here (it imports JAX): write_json stays JAX-free for the
+    # PyTorch peer (bench/torch_peer).
+    from dare_jax import distributed  # pylint: disable=g-import-not-at-top
     self._main = distributed.is_main_process()
     self._t_first = None  # after the first logged step: excludes compilation
     self._step_first = start_step

@@ -14,7 +14,6 @@ and entries, and checks that every run printed the same metrics.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -22,9 +21,14 @@ import sys
 import tempfile
 import time
 
+from absl import app
+from absl import flags
 import numpy as np
 
+from dare_jax import console
 from dare_jax.bench import evaluation as eval_bench
+
+FLAGS = flags.FLAGS
 
 
 def _timed(cmd, env):
@@ -41,21 +45,29 @@ def _folder_size(path):
   return len(files), sum(os.path.getsize(f) for f in files)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--num_q', type=int, default=1000)
-  parser.add_argument('--num_g', type=int, default=5000)
-  parser.add_argument('--runs', type=int, default=2)
-  parser.add_argument('--keep', default=None,
-                      help='Folder for the features file and cache '
+def define_flags() -> None:
+  """The command's flags (defined when run as a program, so that importing
+  this module next to another benchmark is harmless)."""
+  flags.DEFINE_integer('num_q', 1000, 'Queries in the features file.',
+                       lower_bound=1)
+  flags.DEFINE_integer('num_g', 5000, 'Gallery entries in the features file.',
+                       lower_bound=1)
+  flags.DEFINE_integer('runs', 2, 'Runs with the cache off, then on.',
+                       lower_bound=1)
+  flags.DEFINE_string('keep', None, 'Folder for the features file and cache '
                       '(default: a temporary one, removed).')
-  args = parser.parse_args()
+
+
+def main(argv):
+  console.start()
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   with tempfile.TemporaryDirectory() as tmp:
-    root = args.keep or tmp
+    root = FLAGS.keep or tmp
     os.makedirs(root, exist_ok=True)
     path = os.path.join(root, 'features.npz')
     q, g, qp, qc, gp, gc = eval_bench.make_dataset(
-        args.num_q, args.num_g, 128, max(args.num_q // 2, 1))
+        FLAGS.num_q, FLAGS.num_g, 128, max(FLAGS.num_q // 2, 1))
     np.savez(path, query_fused=q, gallery_fused=g, query_pids=qp,
              query_camids=qc, gallery_pids=gp, gallery_camids=gc)
     env = dict(os.environ)
@@ -66,12 +78,12 @@ def main():
                          'import dare_jax.tools.evaluate_features'], env)
     print(f'import dare_jax.tools.evaluate_features: {seconds:.2f} s')
     outputs = set()
-    for i in range(args.runs):
+    for i in range(FLAGS.runs):
       seconds, out = _timed(tool + ['--compilation_cache=off'], env)
       outputs.add(out)
       print(f'cache off, run {i + 1}: {seconds:.2f} s')
     cache = os.path.join(root, 'jax_cache')
-    for i in range(args.runs):
+    for i in range(FLAGS.runs):
       seconds, out = _timed(tool + [f'--compilation_cache={cache}'], env)
       outputs.add(out)
       state = 'empty' if i == 0 else 'filled'
@@ -85,4 +97,5 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  app.run(main, flags_parser=console.parse_flags)

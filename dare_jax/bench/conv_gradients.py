@@ -13,15 +13,16 @@ torch imports. Each figure is the mean of --repeats runs after one warm-up.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dare_jax import bench
+from dare_jax import console
 from dare_jax import reporting
 
 # (H, W, C_in, C_out, kernel): stage 2 (layer2) of ResNet-50 at 256x128,
@@ -100,21 +101,31 @@ COLUMNS = (('input', 'shape', '{}'), ('k', 'kernel', '{:d}'),
            ('dx ms', 'dx_ms', '{:.1f}'), ('dw ms', 'dw_ms', '{:.1f}'))
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--batch', type=int, default=72)
-  parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--json', default='')
-  args = parser.parse_args(argv)
-  rows = run(args.batch, args.repeats)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags (defined when run as a program, so that importing
+  this module next to another with a --batch or --json is harmless)."""
+  flags.DEFINE_integer('batch', 72, 'Images per convolution.', lower_bound=1)
+  flags.DEFINE_integer('repeats', 3, 'Timed runs per figure (mean taken).',
+                       lower_bound=1)
+  flags.DEFINE_string('json', '', 'Also write the results here.')
+
+
+def main(argv):
+  console.start()
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  rows = run(FLAGS.batch, FLAGS.repeats)
   print(f'device: {jax.devices()[0].device_kind} ({jax.default_backend()}), '
         'float32, NHWC')
   print(bench.format_columns(COLUMNS, rows))
-  if args.json:
-    reporting.write_json(args.json, {'device': str(jax.devices()[0]),
-                                     'rows': rows})
-  return 0
+  if FLAGS.json:
+    reporting.write_json(FLAGS.json, {'device': str(jax.devices()[0]),
+                                      'rows': rows})
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  define_flags()
+  app.run(main, flags_parser=console.parse_flags)

@@ -22,17 +22,18 @@ peak_bytes_in_use (since process start).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import resource
-import sys
 import threading
 import time
 
+from absl import app
+from absl import flags
 import jax
 import numpy as np
 
+from dare_jax import console
+from dare_jax import reporting
 from dare_jax.evaluation import metrics
 from dare_jax.evaluation import rerank
 from dare_jax.references import authors_rerank
@@ -331,37 +332,42 @@ def print_table(result):
         f"{s['longest_column']}, Jaccard visits {s['visits']}")
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--quick', action='store_true',
-                      help='a small problem, for smoke checks')
-  parser.add_argument('--gallery', type=int, default=None,
-                      help='gallery size (identities scale with it)')
-  parser.add_argument('--queries', type=int, default=None)
-  parser.add_argument('--authors', choices=('auto', 'yes', 'no'),
-                      default='auto',
-                      help="run the authors' dense NumPy re-ranking (auto: "
-                      'when its N x N arrays fit in memory)')
-  parser.add_argument('--authors-argsort', choices=('default', 'stable'),
-                      default='default',
-                      help="the authors' argsort: their default quicksort, "
-                      'or stable (ties by index, like ours)')
-  parser.add_argument('--json', default=None, help='write the results here')
-  args = parser.parse_args(argv)
+FLAGS = flags.FLAGS
 
-  cfg = dict(QUICK if args.quick else MARKET)
+
+def define_flags() -> None:
+  """The command's flags (defined when run as a program, so that importing
+  this module, as bench/compile_cache.py does, defines none)."""
+  flags.DEFINE_bool('quick', False, 'a small problem, for smoke checks')
+  flags.DEFINE_integer('gallery', None,
+                       'gallery size (identities scale with it)',
+                       lower_bound=1)
+  flags.DEFINE_integer('queries', None, 'number of queries', lower_bound=1)
+  flags.DEFINE_enum('authors', 'auto', ('auto', 'yes', 'no'),
+                    "run the authors' dense NumPy re-ranking (auto: when its "
+                    'N x N arrays fit in memory)')
+  flags.DEFINE_enum('authors-argsort', 'default', ('default', 'stable'),
+                    "the authors' argsort: their default quicksort, or stable "
+                    '(ties by index, like ours)')
+  flags.DEFINE_string('json', None, 'write the results here')
+
+
+def run(quick=False, gallery=None, queries=None, authors='auto',
+        authors_argsort='default', json_path=None):
+  """The benchmark with the command line's options; returns its results."""
+  cfg = dict(QUICK if quick else MARKET)
   base_g = cfg['num_g']
-  if args.gallery:
-    cfg['num_g'] = args.gallery
-    cfg['num_ids'] = max(1, round(cfg['num_ids'] * args.gallery / base_g))
-  if args.queries:
-    cfg['num_q'] = args.queries
+  if gallery:
+    cfg['num_g'] = gallery
+    cfg['num_ids'] = max(1, round(cfg['num_ids'] * gallery / base_g))
+  if queries:
+    cfg['num_q'] = queries
   n = cfg['num_q'] + cfg['num_g']
   # The authors hold ~6 N x N 4-byte arrays at once (distances, V, V_qe,
   # the int64 argsort and its int32 copy) besides the inputs.
   authors_bytes = 8 * 4 * n * n
-  run_authors = (args.authors == 'yes' or
-                 (args.authors == 'auto' and
+  run_authors = (authors == 'yes' or
+                 (authors == 'auto' and
                   authors_bytes < 0.8 * _available_bytes()))
 
   result = dict(config=cfg, device=str(jax.devices()[0]),
@@ -372,20 +378,28 @@ def main(argv=None):
   result['cmc'] = bench_cmc(data)
   result['rerank'] = bench_rerank(
       data, run_authors,
-      None if args.authors_argsort == 'default' else args.authors_argsort)
-  result['authors_argsort'] = args.authors_argsort
+      None if authors_argsort == 'default' else authors_argsort)
+  result['authors_argsort'] = authors_argsort
   if not run_authors:
     result['rerank']['authors_skipped'] = (
-        f'needs ~{authors_bytes / 2**30:.0f} GiB' if args.authors == 'auto'
+        f'needs ~{authors_bytes / 2**30:.0f} GiB' if authors == 'auto'
         else '--authors=no')
   result['load_after'] = [round(x, 2) for x in os.getloadavg()]
   print_table(result)
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(result, f, indent=2)
-    _log(f'wrote {args.json}')
+  if json_path:
+    reporting.write_json(json_path, result)
+    _log(f'wrote {json_path}')
   return result
 
 
+def main(argv):
+  console.start()
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  run(FLAGS.quick, FLAGS.gallery, FLAGS.queries, FLAGS.authors,
+      FLAGS['authors-argsort'].value, FLAGS.json)
+
+
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  define_flags()
+  app.run(main, flags_parser=console.parse_flags)

@@ -9,7 +9,7 @@ r"""Benchmark: the input pipelines alone (no model), images/s per host core.
       --config.data.dataset=market \
       --config.data.root=../shared/data/mini_market1501 --pipelines=numpy
 
-Each pipeline (dare_jax/data/pipeline.py, numpy threads; tf_pipeline.py,
+Each pipeline (dare_jax/data/numpy_pipeline.py, numpy threads; tf_pipeline.py,
 tf.data) is driven exactly as training drives it:
   train: train_batches(split, spec.TrainInput.from_config(config), 0) --
          P x K batches of config.train at config.data.input_size -- for
@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import json
 import os
 import sys
 import tempfile
@@ -63,9 +62,10 @@ from PIL import Image
 
 from dare_jax import console
 from dare_jax import errors
+from dare_jax import reporting
 from dare_jax.data import augment
 from dare_jax.data import datasets
-from dare_jax.data import pipeline as np_pipeline
+from dare_jax.data import numpy_pipeline as np_pipeline
 from dare_jax.data import spec as spec_lib
 from dare_jax.data.types import Split
 
@@ -342,12 +342,16 @@ def define_flags() -> None:
 
 def main(argv):
   console.start()
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   logging.set_verbosity(logging.WARNING)  # no per-5% decoding progress
   c = FLAGS.config
-  result = run(c, FLAGS.pipelines, FLAGS.modes, FLAGS.source, FLAGS.steps,
-               FLAGS.warmup)
+  try:
+    result = run(c, FLAGS.pipelines, FLAGS.modes, FLAGS.source, FLAGS.steps,
+                 FLAGS.warmup)
+  except errors.UserError as e:
+    raise SystemExit(f'error: {e}') from None
   for note in result['notes']:
     print(f'note: {note}')
   how = (' (in-memory splits as JPEG q95 at 128x64)'
@@ -361,8 +365,7 @@ def main(argv):
         f'batches after {FLAGS.warmup}')
   print(format_table(result))
   if FLAGS.json:
-    with open(FLAGS.json, 'w') as f:
-      json.dump(result, f, indent=2)
+    reporting.write_json(FLAGS.json, result)
   sys.stdout.flush()
 
 

@@ -32,19 +32,28 @@ x 2, forward Mul-Adds counted by dare_jax.budget.costs's definition (see
 forward_macs: conv and linear layers, plus the fusion's 4 x 128).
 
 Imports neither TensorFlow nor ml_collections, nor JAX (the model comes from
-dare_jax/references/torch_dare.py, which imports torch only): it runs on a
-machine that has only PyTorch.
+dare_jax/references/torch_dare.py, which imports torch only; the command
+line is absl's, through dare_jax/console.py, which imports no JAX): it runs
+on a machine that has only PyTorch and absl-py. Only --json imports JAX, and
+only once the timing is over: the file is written by dare_jax.reporting,
+which imports it.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import json
+import importlib.util
 import sys
 import time
 from collections.abc import Mapping
 from typing import Any, Optional, Sequence, Union
+
+from absl import app
+from absl import flags
+
+# Neither imports JAX (console imports it only inside compilation_cache()).
+from dare_jax import console
+from dare_jax import errors
 
 K = 4  # images per identity, as config.train.K
 EPS = 1e-8  # D(a, b) = sqrt(||a - b||^2 + eps), as config.loss.eps
@@ -58,7 +67,7 @@ def import_torch():
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise SystemExit(
-        'dare_jax.bench.torch_peer needs PyTorch, which is not installed '
+        'error: dare_jax.bench.torch_peer needs PyTorch, which is not installed '
         'here: pip install torch (torchvision optional).') from e
   return torch
 
@@ -298,77 +307,97 @@ def parse_ints(text: str, flag: str) -> list[int]:
   try:
     return [int(v) for v in text.split(',') if v.strip()]
   except ValueError as e:
-    raise SystemExit(f'--{flag}={text!r}: expected comma-separated integers, '
-                     'e.g. 72,144,288.') from e
+    raise errors.ConfigError(
+        f'--{flag}={text!r}: expected comma-separated integers, e.g. '
+        '72,144,288.') from e
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags (defined when run as a program, so that importing
+  this module next to another with a --batches or --json is harmless)."""
+  flags.DEFINE_string('batches', '72,144,288', 'Global batch sizes, '
+                      f'comma-separated: multiples of K={K}, at least {2 * K}.')
+  flags.DEFINE_enum('dtype', 'bfloat16', ('bfloat16', 'float32'),
+                    'The train step\'s autocast dtype.')
+  flags.DEFINE_string('input_size', '256,128', 'H,W of the images.')
+  flags.DEFINE_integer('steps', 20, 'Timed steps per batch size (and timed '
+                       'runs per --eval_batches size).')
+  flags.DEFINE_integer('warmup', 5, 'Untimed steps first (after compiling).')
+  flags.DEFINE_bool('no_compile', False, 'Eager: no torch.compile.')
+  flags.DEFINE_bool('no_channels_last', False, 'NCHW, not channels_last.')
+  flags.DEFINE_enum('device', 'cuda', ('cuda', 'cpu'), 'Where to run.')
+  flags.DEFINE_integer('depth', 50, 'ResNet depth, one of '
+                       'references/torch_dare.DEPTHS (checked once torch '
+                       'is imported).')
+  flags.DEFINE_enum('backbone', 'resnet', ('resnet', 'mobilenet_v2'),
+                    'The backbone.')
+  flags.DEFINE_string('eval_batches', '', 'Also time the eval forward at '
+                      'these batch sizes (comma-separated; --steps timed runs '
+                      'each).')
+  flags.DEFINE_integer('threads', 0, 'torch.set_num_threads (0: torch\'s '
+                       'default).', lower_bound=0)
+  flags.DEFINE_string('json', '', 'Also write the results here.')
+
+
+def run(batches: str = '72,144,288', dtype: str = 'bfloat16',
+        input_size: str = '256,128', steps: int = 20, warmup: int = 5,
+        no_compile: bool = False, no_channels_last: bool = False,
+        device: str = 'cuda', depth: int = 50, backbone: str = 'resnet',
+        eval_batches: str = '', threads: int = 0) -> dict:
+  """The benchmark with the command line's options: prints the table and
+  returns the results; ConfigError on a bad option."""
   torch = import_torch()
   from dare_jax.references import torch_dare  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(
-      description=__doc__.split('\n\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--batches', default='72,144,288')
-  parser.add_argument('--dtype', default='bfloat16',
-                      choices=('bfloat16', 'float32'))
-  parser.add_argument('--input_size', default='256,128')
-  parser.add_argument('--steps', type=int, default=20)
-  parser.add_argument('--warmup', type=int, default=5)
-  parser.add_argument('--no_compile', action='store_true')
-  parser.add_argument('--no_channels_last', action='store_true')
-  parser.add_argument('--device', default='cuda', choices=('cuda', 'cpu'))
-  parser.add_argument('--depth', type=int, default=50,
-                      choices=sorted(torch_dare.DEPTHS))
-  parser.add_argument('--backbone', default='resnet',
-                      choices=('resnet', 'mobilenet_v2'))
-  parser.add_argument('--eval_batches', default='',
-                      help='Also time the eval forward at these batch sizes '
-                      '(comma-separated; --steps timed runs each).')
-  parser.add_argument('--threads', type=int, default=0,
-                      help='torch.set_num_threads (0: torch\'s default).')
-  parser.add_argument('--json', default='')
-  args = parser.parse_args(argv)
-  if args.device == 'cuda' and not torch.cuda.is_available():
-    raise SystemExit('--device=cuda but torch sees no CUDA device (torch '
-                     f'{torch.__version__}); run on the GPU machine or pass '
-                     '--device=cpu.')
-  if args.steps < 1:
-    raise SystemExit(f'--steps={args.steps} must be >= 1.')
-  if args.threads:
-    torch.set_num_threads(args.threads)
-  input_hw = parse_ints(args.input_size, 'input_size')
+  if depth not in torch_dare.DEPTHS:
+    raise errors.ConfigError(
+        f'--depth={depth}: one of '
+        f'{", ".join(str(d) for d in sorted(torch_dare.DEPTHS))}.')
+  if device == 'cuda' and not torch.cuda.is_available():
+    raise errors.ConfigError(
+        '--device=cuda but torch sees no CUDA device (torch '
+        f'{torch.__version__}); run on the GPU machine or pass --device=cpu.')
+  if steps < 1:
+    raise errors.ConfigError(f'--steps={steps} must be >= 1.')
+  input_hw = parse_ints(input_size, 'input_size')
   if len(input_hw) != 2:
-    raise SystemExit(f'--input_size={args.input_size!r}: expected H,W, e.g. '
-                     '256,128.')
-  batches = parse_ints(args.batches, 'batches')
-  for b in batches:
+    raise errors.ConfigError(f'--input_size={input_size!r}: expected H,W, '
+                             'e.g. 256,128.')
+  batch_sizes = parse_ints(batches, 'batches')
+  for b in batch_sizes:
     if b % K or b < 2 * K:
-      raise SystemExit(f'--batches: {b} must be a multiple of K={K} with at '
-                       f'least 2 identities (>= {2 * K}), e.g. 72 = 18 x 4.')
-  device_name = (torch.cuda.get_device_name(0) if args.device == 'cuda'
+      raise errors.ConfigError(
+          f'--batches: {b} must be a multiple of K={K} with at least 2 '
+          f'identities (>= {2 * K}), e.g. 72 = 18 x 4.')
+  eval_sizes = parse_ints(eval_batches, 'eval_batches')
+  if threads:
+    torch.set_num_threads(threads)
+  device_name = (torch.cuda.get_device_name(0) if device == 'cuda'
                  else 'cpu')
   header = {'device': device_name, 'torch_version': torch.__version__,
-            'compile': not args.no_compile,
-            'channels_last': not args.no_channels_last, 'depth': args.depth,
-            'backbone': args.backbone,
-            'input_size': input_hw, 'steps': args.steps,
-            'warmup': args.warmup,
+            'compile': not no_compile,
+            'channels_last': not no_channels_last, 'depth': depth,
+            'backbone': backbone,
+            'input_size': input_hw, 'steps': steps,
+            'warmup': warmup,
             'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec='seconds')}
   rows = []
-  for b in batches:
+  for b in batch_sizes:
     rows.append(bench_batch(
-        b, depth=args.depth, input_hw=input_hw, dtype=args.dtype,
-        steps=args.steps, warmup=args.warmup, compile_=not args.no_compile,
-        channels_last=not args.no_channels_last, device=args.device,
-        backbone=args.backbone))
-  eval_rows = [bench_eval(b, depth=args.depth, input_hw=input_hw,
-                          repeats=args.steps, device=args.device,
-                          backbone=args.backbone)
-               for b in parse_ints(args.eval_batches, 'eval_batches')]
+        b, depth=depth, input_hw=input_hw, dtype=dtype,
+        steps=steps, warmup=warmup, compile_=not no_compile,
+        channels_last=not no_channels_last, device=device,
+        backbone=backbone))
+  eval_rows = [bench_eval(b, depth=depth, input_hw=input_hw,
+                          repeats=steps, device=device,
+                          backbone=backbone)
+               for b in eval_sizes]
   impl = 'torchvision' if rows and rows[0]['torchvision'] else 'built-in'
-  net = ('MobileNetV2' if args.backbone == 'mobilenet_v2' else
-         f'ResNet-{args.depth}')
+  net = ('MobileNetV2' if backbone == 'mobilenet_v2' else
+         f'ResNet-{depth}')
   print(f'device: {device_name}, torch {torch.__version__}, compile '
         f'{header["compile"]}, channels_last {header["channels_last"]}, '
         f'{net} ({impl}) at {input_hw[0]}x{input_hw[1]}, '
@@ -388,13 +417,40 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print(f'pytorch    eval forward float32 batch {r["batch"]:4d}: '
           f'{r["forward_ms"]:.2f} ms (median of {r["repeats"]}, min '
           f'{r["forward_ms_min"]:.2f})')
-  result = dict(header, rows=rows, eval_rows=eval_rows)
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(result, f, indent=2)
   sys.stdout.flush()
-  return result
+  return dict(header, rows=rows, eval_rows=eval_rows)
+
+
+def main(argv):
+  # Not console.start(): it turns on JAX's compilation cache, which imports
+  # JAX, and this process must stay JAX-free while it times PyTorch (and
+  # run where JAX is not installed). quiet_logs() is the rest of start().
+  console.quiet_logs()
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    if FLAGS.json and importlib.util.find_spec('jax') is None:
+      # Said before the benchmark runs, not after it (find_spec imports
+      # nothing).
+      raise errors.ConfigError(
+          f'--json={FLAGS.json}: the file is written by dare_jax.reporting, '
+          'which needs JAX, not installed here; leave --json out and keep '
+          'the printed table.')
+    result = run(
+        batches=FLAGS.batches, dtype=FLAGS.dtype, input_size=FLAGS.input_size,
+        steps=FLAGS.steps, warmup=FLAGS.warmup, no_compile=FLAGS.no_compile,
+        no_channels_last=FLAGS.no_channels_last, device=FLAGS.device,
+        depth=FLAGS.depth, backbone=FLAGS.backbone,
+        eval_batches=FLAGS.eval_batches, threads=FLAGS.threads)
+  except errors.UserError as e:
+    raise SystemExit(f'error: {e}') from None
+  if FLAGS.json:
+    # Only now, with PyTorch's timing done: reporting imports JAX (through
+    # dare_jax.distributed).
+    from dare_jax import reporting  # pylint: disable=g-import-not-at-top
+    reporting.write_json(FLAGS.json, result)
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  app.run(main, flags_parser=console.parse_flags)
