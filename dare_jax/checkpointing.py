@@ -16,19 +16,16 @@ import orbax.checkpoint as ocp
 
 from dare_jax import fileio
 from dare_jax.errors import CheckpointError
+from dare_jax.models import dare
 
 # Fields of config.model that do not change the parameter tree.
 # Fields that do not change the parameters (conv1x1: how 1x1 convolutions
 # are computed) may differ between a checkpoint and the run restoring it.
-_NOT_ARCHITECTURE = ('pretrained', 'pretrained_heads', 'require_pretrained',
-                     'dtype', 'conv1x1', 'depthwise',
-                     'fusion_init_low',
-                     'fusion_init_high', 'bn_momentum')
 
 
 def model_fingerprint(model_cfg) -> dict:
   d = json.loads(model_cfg.to_json())
-  return {k: v for k, v in sorted(d.items()) if k not in _NOT_ARCHITECTURE}
+  return {k: v for k, v in sorted(d.items()) if k not in dare.NOT_ARCHITECTURE_FIELDS}
 
 
 class WrongModelError(CheckpointError):

@@ -10,8 +10,9 @@ persistent compilation cache (--compilation_cache=DIR|off; default
 repeated command does not compile again. JAX_COMPILATION_CACHE_DIR in the
 environment, where set, wins.
 
-A misspelt config file or override is caught before absl and ml_collections
-see it (they would end in a long traceback with the hint inside an escaped
+parse_flags validates the config (configlib.validate) of every command that
+takes one, before its main runs. A misspelt config file or override is
+caught before absl and ml_collections see it (they would end in a long traceback with the hint inside an escaped
 string): the file is loaded here, each `--config.a.b=v` path is walked
 through it, and the first unknown part is named with the closest field.
 """
@@ -157,7 +158,11 @@ def parse_flags(argv):
       check_overrides(_load_config(path), overrides, path)
     rest = flags.FLAGS(argv)
     if path is not None:
-      _ = flags.FLAGS[CONFIG_FLAG].value  # a deferred load error shows here
+      config = flags.FLAGS[CONFIG_FLAG].value  # a deferred load error here
+      # Every field, for every command that takes a config (the device
+      # splits come later, when the devices are known).
+      from dare_jax import configlib  # pylint: disable=g-import-not-at-top
+      configlib.validate(config, num_devices=None)
     return rest
   except ConfigError as e:
     sys.exit(f'error: {e}')

@@ -1,4 +1,4 @@
-"""Evaluation modes: embed a dataset's query and gallery with TTA, score the
+"""The evaluation modes (--mode=eval, --mode=export): embed a dataset's query and gallery with TTA, score the
 embeddings (CMC/mAP, re-ranking), write metrics.json, features.npz and the
 figures (training curves, accuracy per exit, ranked lists).
 
@@ -11,29 +11,18 @@ Training calls run_evaluation on its final state.
 from __future__ import annotations
 
 from absl import logging
-import ml_collections
 
 from dare_jax import builder
 from dare_jax import distributed
-from dare_jax import errors
 from dare_jax import fileio
-from dare_jax import plots
 from dare_jax import reporting
 from dare_jax.data import datasets
 from dare_jax.data import spec as spec_lib
 from dare_jax.evaluation import embed as embed_lib
-from dare_jax.evaluation import features as features_lib
-from dare_jax.inference import figures
-
-
-def load_dataset(config, splits=('train', 'query', 'gallery')):
-  """The config's dataset, each of `splits` non-empty."""
-  dataset = datasets.load_dataset(config.data)
-  for what in splits:
-    if not len(getattr(dataset, what)):
-      raise errors.DataError(f'The {what} split of dataset '
-                             f'{dataset.name!r} is empty.')
-  return dataset
+from dare_jax.figures import ranked as ranked_fig
+from dare_jax.figures import run as run_fig
+from dare_jax.retrieval import features as features_lib
+from dare_jax.retrieval import protocol as protocol_lib
 
 
 def embed_dataset(config, model, variables, dataset, mesh) -> dict:
@@ -76,18 +65,18 @@ def score_features(feats, eval_cfg) -> dict:
   same evaluation without normalising is added as {'unnormalized': {...}},
   so both are visible.
   """
+  proto = protocol_lib.Protocol.from_config(eval_cfg)
   names = features_lib.embedding_names(feats)
-  results = features_lib.evaluate_with_config(feats, eval_cfg, names=names)
-  if eval_cfg.normalize:
-    raw = ml_collections.ConfigDict(eval_cfg.to_dict())
-    raw.normalize = False
-    results['unnormalized'] = features_lib.evaluate_with_config(
-        feats, raw, names=names)
+  results = proto.evaluate_run(feats, names)
+  if proto.normalize:
+    results['unnormalized'] = proto.replace(normalize=False).evaluate_run(
+        feats, names)
   return results
 
 
-def write_features(path: str, feats) -> None:
-  fileio.save_npz(path, feats)
+def write_features(path: str, feats, eval_cfg) -> None:
+  """features.npz: the embeddings and ids, and the run's protocol."""
+  features_lib.write(path, feats, protocol_lib.Protocol.from_config(eval_cfg))
 
 
 def cross_domain_suffix(config, meta: dict) -> str:
@@ -114,8 +103,9 @@ def run_evaluation(built: builder.Built, dataset, state, workdir: str,
   if distributed.is_main_process():
     reporting.write_json(fileio.join(workdir, f'metrics{suffix}.json'),
                          results)
-    write_features(fileio.join(workdir, f'features{suffix}.npz'), feats)
-    written = [] if suffix else plots.write_run_figures(workdir, results)
+    write_features(fileio.join(workdir, f'features{suffix}.npz'), feats,
+                   config.eval)
+    written = [] if suffix else run_fig.write_run_figures(workdir, results)
     written.append(write_ranked_lists(config, dataset, feats, workdir,
                                       suffix))
     logging.info('Wrote metrics%s.json, features%s.npz and %s', suffix,
@@ -127,11 +117,10 @@ def write_ranked_lists(config, dataset, feats, workdir: str,
                        suffix: str = ''):
   """ranked_lists.png in workdir: the worst and best queries by AP with
   their top 10; None (and no file) for video data."""
-  e = config.eval
-  return figures.write_ranked_lists(
+  return ranked_fig.write_ranked_lists(
       fileio.join(workdir, f'ranked_lists{suffix}.png'), feats, dataset.query,
       dataset.gallery, image_hw=tuple(config.data.input_size),
-      metric=e.metric, normalize=e.normalize, ap=e.ap, n=10, topk=10)
+      proto=protocol_lib.Protocol.from_config(config.eval), n=10, topk=10)
 
 
 def restore(config, workdir: str):
@@ -143,7 +132,7 @@ def restore(config, workdir: str):
   state, meta = builder.restore_for_eval(built, workdir)
   # Evaluation reads the query and gallery only; the train split may be
   # empty (another dataset's test set).
-  dataset = load_dataset(config, splits=('query', 'gallery'))
+  dataset = datasets.load_dataset(config.data, nonempty=('query', 'gallery'))
   return built, dataset, state, meta
 
 
@@ -164,6 +153,6 @@ def export_features(config, workdir: str) -> str:
   path = fileio.join(workdir,
                       f'features{cross_domain_suffix(config, meta)}.npz')
   if distributed.is_main_process():
-    write_features(path, feats)
+    write_features(path, feats, config.eval)
   logging.info('Wrote %s', path)
   return path

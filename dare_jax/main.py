@@ -17,10 +17,11 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from dare_jax import configlib
 from dare_jax import console
 from dare_jax import distributed
 from dare_jax import errors
-from dare_jax import evaluate
+from dare_jax import eval_mode
 from dare_jax import health
 from dare_jax import train
 
@@ -57,9 +58,14 @@ def main(argv):
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   config = FLAGS.config
+  try:  # again with the devices, before any mode starts work
+    configlib.validate(config, None if FLAGS.mode == 'budget' else
+                       jax.device_count(), training=FLAGS.mode == 'train')
+  except errors.UserError as e:
+    raise SystemExit(f'error: {e}') from None
   run = {'train': train.train_and_evaluate,
-         'eval': evaluate.evaluate_checkpoint,
-         'export': evaluate.export_features,
+         'eval': eval_mode.evaluate_checkpoint,
+         'export': eval_mode.export_features,
          'budget': _budget_report}[FLAGS.mode]
   try:
     run(config, FLAGS.workdir)

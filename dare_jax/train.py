@@ -22,7 +22,7 @@ import optax
 from dare_jax import builder
 from dare_jax import checkpointing
 from dare_jax import distributed
-from dare_jax import evaluate
+from dare_jax import eval_mode
 from dare_jax import fileio
 from dare_jax import health
 from dare_jax import losses
@@ -109,7 +109,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Before the dataset is read: a config that needs pretrained weights
   # fails in a second, not after minutes of decoding.
   state, meta = builder.restore_or_init(built, mngr, workdir)
-  dataset = evaluate.load_dataset(config)
+  dataset = datasets.load_dataset(
+      config.data, nonempty=('train', 'query', 'gallery'))
   if config.data.bad_images == 'error' and int(state.step) < t.num_steps:
     from dare_jax.data.readers import bad_images  # pylint: disable=g-import-not-at-top
     bad_images.check_readable(dataset)
@@ -185,7 +186,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       mngr.close()
   else:
     mngr.close()
-  return evaluate.run_evaluation(built, dataset, state, workdir, train_loss)
+  return eval_mode.run_evaluation(built, dataset, state, workdir, train_loss)
 
 
 class _Profiler:

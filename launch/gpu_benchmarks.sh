@@ -81,7 +81,7 @@ step latency_b1 30 python -m dare_jax.bench.latency --config="${CONFIG}" \
   --batch=1 --json="${OUT}/latency_b1.json"
 step latency_b8 30 python -m dare_jax.bench.latency --config="${CONFIG}" \
   --batch=8 --json="${OUT}/latency_b8.json"
-step anytime 60 python -m dare_jax.bench.anytime --config="${CONFIG}" \
+step anytime 60 python -m dare_jax.bench.early_exit --config="${CONFIG}" \
   --batch=1,8 --budgets=0.25,0.5,0.75 --queries=128 --repeats=2 \
   --json="${OUT}/anytime.json"
 ls -l "${OUT}" >&2

@@ -269,6 +269,7 @@ def test_normalize_matches_numpy():
   assert bf16.dtype == jnp.bfloat16
 
 
+@pytest.mark.slow
 def test_random_erase():
   b, h, w = 4, 8, 6
   x = jnp.asarray(np.random.default_rng(0).normal(size=(b, h, w, 3)),

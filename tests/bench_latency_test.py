@@ -25,6 +25,7 @@ def both_rows():
                                 runtimes='jax,onnx')
 
 
+@pytest.mark.slow
 def test_both_runtimes_are_timed_and_agree(both_rows):
   assert [r['exit'] for r in both_rows] == list(dare.EMBEDDINGS[:4])
   for r in both_rows:

@@ -119,6 +119,7 @@ def test_peak_table():
   assert peak('cpu', 'float32', peak_tflops=2.5) == 2.5e12
 
 
+@pytest.mark.slow
 def test_device_input_compiles_once_and_copies_nothing(smoke_row):
   _, row = smoke_row
   assert row['compiles'] == 1

@@ -7,48 +7,17 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import smoke
-from dare_jax import checkpointing
 from dare_jax import errors
 from dare_jax.inference import bundle as bundle_lib
 from dare_jax.models import dare
 from dare_jax.tools import export_bundle
+from tests import checkpoints
 
 H, W = smoke.get_config().data.input_size
-
-
-def _checkpoint(tmp_path, seed=3):
-  """A workdir whose step-7 checkpoint holds variables made here (random
-  weights and running statistics), and those variables."""
-  config = smoke.get_config()
-  model = dare.from_config(config.model)
-  v = model.init(jax.random.key(seed), jnp.zeros((1, H, W, 3)), train=False)
-  rng = np.random.default_rng(seed)
-
-  def stat(path, x):  # non-trivial running statistics for eval-mode BN
-    if jax.tree_util.keystr(path).endswith("['var']"):
-      return np.abs(rng.normal(1, 0.3, x.shape)).astype(np.float32)
-    return rng.normal(0, 0.2, x.shape).astype(np.float32)
-  v = jax.device_get(v)
-  v = {'params': v['params'],
-       'batch_stats': jax.tree_util.tree_map_with_path(stat, v['batch_stats'])}
-  from dare_jax import builder  # pylint: disable=g-import-not-at-top
-  built = builder.build(config)
-  state = built.init_state().replace(step=jnp.asarray(7, jnp.int32),
-                                     params=v['params'],
-                                     batch_stats=v['batch_stats'])
-  workdir = str(tmp_path / 'run')
-  mngr = checkpointing.manager(workdir, 1, 1)
-  checkpointing.save(mngr, 7, state, {
-      'model': checkpointing.model_fingerprint(config.model),
-      'train_loss': {}}, force=True)
-  mngr.wait_until_finished()
-  mngr.close()
-  return config, workdir, model, v
 
 
 def _inputs(n=5, seed=0):
@@ -56,30 +25,11 @@ def _inputs(n=5, seed=0):
       np.float32)
 
 
-# The fresh process: numpy and jax only, so the artifact needs nothing of
-# this repository.
-_FRESH = r'''
-import sys, numpy as np, jax
-from jax import export
-path, x_path, out_path = sys.argv[1:]
-flat = dict(np.load(path + '/params.npz'))
-tree = {}
-for k, v in flat.items():
-  node = tree
-  *parents, leaf = k.split('/')
-  for p in parents:
-    node = node.setdefault(p, {})
-  node[leaf] = v
-exp = export.deserialize(bytearray(open(path + '/dare.stablehlo', 'rb').read()))
-out = exp.call(tree, np.load(x_path))
-np.savez(out_path, **{k: np.asarray(v) for k, v in out.items()})
-print(','.join(sorted(m.split('.')[0] for m in sys.modules
-                      if m.startswith(('dare_jax', 'configs', 'tensorflow')))))
-'''
 
 
+@pytest.mark.slow
 def test_bundle_round_trip_equals_the_flax_forward(tmp_path):
-  config, workdir, model, v = _checkpoint(tmp_path)
+  config, workdir, model, v = checkpoints.random_checkpoint(tmp_path)
   with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
     json.dump({'fused': {'rank1': 0.5}}, f)
   out = str(tmp_path / 'bundle')
@@ -127,7 +77,7 @@ def test_bundle_round_trip_equals_the_flax_forward(tmp_path):
   # size than any traced here (the batch is symbolic).
   np.save(tmp_path / 'x.npy', x[:3])
   proc = subprocess.run(
-      [sys.executable, '-c', _FRESH, out, str(tmp_path / 'x.npy'),
+      [sys.executable, '-c', checkpoints.FRESH_PROCESS, out, str(tmp_path / 'x.npy'),
        str(tmp_path / 'y.npz')], capture_output=True, text=True, timeout=300,
       cwd=str(tmp_path), check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -137,8 +87,9 @@ def test_bundle_round_trip_equals_the_flax_forward(tmp_path):
       np.testing.assert_allclose(y[k], want[k][:3], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bad_bundles_and_overwrite_are_refused(tmp_path):
-  config, workdir, _, _ = _checkpoint(tmp_path)
+  config, workdir, _, _ = checkpoints.random_checkpoint(tmp_path)
   out = str(tmp_path / 'bundle')
   export_bundle.export(config, workdir, out)
   with pytest.raises(errors.ConfigError, match='--overwrite'):
@@ -159,8 +110,9 @@ def test_bad_bundles_and_overwrite_are_refused(tmp_path):
     bundle_lib.Bundle.load(out)
 
 
+@pytest.mark.slow
 def test_export_bundle_cli_prints_one_json_object(tmp_path):
-  config, workdir, _, _ = _checkpoint(tmp_path)
+  config, workdir, _, _ = checkpoints.random_checkpoint(tmp_path)
   del config
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   cmd = [sys.executable, '-m', 'dare_jax.tools.export_bundle',

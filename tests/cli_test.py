@@ -43,6 +43,7 @@ def _strict_json(line):
   return json.loads(line, parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_misspelt_overrides_and_config_files_are_one_line(tmp_path):
   cases = [
       (['--config.train.num_stpes=10'], '--config.train.num_steps'),
@@ -63,6 +64,7 @@ def test_misspelt_overrides_and_config_files_are_one_line(tmp_path):
   assert not os.path.exists(tmp_path / 'run')
 
 
+@pytest.mark.slow
 def test_eval_and_budget_without_a_run_say_what_to_do_and_create_nothing(
     tmp_path):
   workdir = tmp_path / 'typo'
@@ -80,6 +82,7 @@ def test_eval_and_budget_without_a_run_say_what_to_do_and_create_nothing(
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_current_step_and_stops_then_eval_is_quiet(
     tmp_path):
   workdir = tmp_path / 'run'
@@ -139,6 +142,7 @@ def test_ctrl_c_saves_the_current_step_and_stops_then_eval_is_quiet(
   assert (workdir / 'features_market.npz').exists()
 
 
+@pytest.mark.slow
 def test_a_nan_step_stops_training_naming_the_step_and_saves_nothing(
     tmp_path):
   workdir = tmp_path / 'run'
@@ -186,13 +190,16 @@ def test_schedule_warning_only_when_the_run_outlives_the_decay():
 def test_second_signal_exits_at_once(monkeypatch):
   exits = []
   monkeypatch.setattr(os, '_exit', exits.append)
+  # What the process had before (Python's default handler; SIG_IGN in a
+  # job started in the background by a non-interactive shell).
+  before = signal.getsignal(signal.SIGINT)
   with health.Interrupt() as stop:
     assert signal.getsignal(signal.SIGINT) == stop._handle  # pylint: disable=protected-access
     stop._handle(signal.SIGINT, None)  # pylint: disable=protected-access
     assert stop.requested and stop.signal_name == 'SIGINT' and not exits
     stop._handle(signal.SIGTERM, None)  # pylint: disable=protected-access
     assert exits == [130]
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_eval_is_not_refused_for_a_training_reason():
@@ -228,6 +235,7 @@ def _market_folder(root, corrupt_in=None):
   return bad
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('where', ['bounding_box_test', 'bounding_box_train'])
 def test_an_unreadable_image_is_named_with_the_fix_before_training(
     tmp_path, where):
@@ -263,6 +271,7 @@ def test_bad_images_is_checked_for_every_dataset():
     configlib.validate(c)
 
 
+@pytest.mark.slow
 def test_a_paper_dataset_config_refuses_to_start_without_imagenet_weights(
     tmp_path):
   r = _run(_main(tmp_path / 'run', f'--config.data.root={tmp_path}',
@@ -289,6 +298,7 @@ def _cache_files(folder):
   return sorted(f for _, _, fs in os.walk(folder) for f in fs)
 
 
+@pytest.mark.slow
 def test_compilation_cache_default_folder_flag_and_off(tmp_path):
   feats = tmp_path / 'f.npz'
   _tiny_features(feats)
@@ -316,6 +326,7 @@ def test_compilation_cache_default_folder_flag_and_off(tmp_path):
   assert run() == off and _cache_files(default) == entries  # read, not redone
 
 
+@pytest.mark.slow
 def test_preemption_saves_at_the_step_orbax_names_then_resumes(
     tmp_path, monkeypatch):
   """What a multi-process run does when the JAX preemption service names a

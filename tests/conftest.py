@@ -26,3 +26,29 @@ else:
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
+
+import types  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope='session', name='smoke_run')
+def smoke_run_fixture(tmp_path_factory):
+  """One trained smoke run (configs/smoke.py as it is: 4 steps) per test
+  process, for the tests that need *a* trained model and not training
+  itself: .config() (a fresh ConfigDict of the run), .workdir and .results
+  (what train_and_evaluate returned). Read it; a test that writes into a
+  run copies it first (shutil.copytree)."""
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  from dare_jax import train  # pylint: disable=g-import-not-at-top
+  tmp = tmp_path_factory.mktemp('smoke_run')
+
+  def config():
+    c = smoke.get_config()
+    c.data.cache_dir = str(tmp / 'cache')
+    return c
+  workdir = str(tmp / 'run')
+  results = train.train_and_evaluate(config(), workdir)
+  return types.SimpleNamespace(config=config, workdir=workdir,
+                               results=results)

@@ -207,6 +207,7 @@ def test_other_depths_widths_and_sizes(block, sizes, width, hw, hidden, dim):
   assert got['fused'] == want[3] + 4 * dim
 
 
+@pytest.mark.slow
 def test_cli_prints_one_json_object():
   proc = subprocess.run(
       [sys.executable, '-m', 'dare_jax.tools.costs',
@@ -220,6 +221,7 @@ def test_cli_prints_one_json_object():
   assert got['fused'] == want[3] + 4 * 16
 
 
+@pytest.mark.slow
 def test_cli_bad_config_is_one_line():
   proc = subprocess.run(
       [sys.executable, '-m', 'dare_jax.tools.costs',

@@ -90,6 +90,7 @@ def test_fusion_init_is_a_config_field():
   np.testing.assert_array_equal(v['params']['fusion'], np.full(4, 0.25))
 
 
+@pytest.mark.slow
 def test_train_mode_uses_batch_statistics_and_updates_them():
   c = smoke.get_config().model
   model = dare.from_config(c)
@@ -103,6 +104,7 @@ def test_train_mode_uses_batch_statistics_and_updates_them():
   assert not np.allclose(old_mean, new_mean)
 
 
+@pytest.mark.slow
 def test_partial_forward_equals_the_full_one_and_skips_later_stages():
   model = dare.DaRe(block='basic', stage_sizes=(1, 1, 1, 1), width=4,
                     head_hidden=8, embedding_dim=4)
@@ -158,6 +160,7 @@ def _conv_and_dot_dtypes(jaxpr) -> set:
   return found
 
 
+@pytest.mark.slow
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_where_it_matters():
   """Mixed precision: the same float32 parameters, every convolution and
   matmul on bfloat16 operands, float32 parameters, BatchNorm statistics,
@@ -213,6 +216,7 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_where_it_matters():
   assert _conv_and_dot_dtypes(jaxpr32.jaxpr) == {('float32', 'float32')}
 
 
+@pytest.mark.slow
 def test_pools_equal_flax_pools_with_explicit_padding():
   """models/pooling (written for jax2onnx) = nn.max_pool / nn.avg_pool,
   values and gradients, bit for bit, in float32 and bfloat16."""
@@ -246,6 +250,7 @@ def _count_convs(jaxpr) -> int:
   return n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('backbone', ['resnet', 'densenet'])
 def test_stage_continuation_equals_the_full_forward(backbone):
   """Stage s from stage s-1's carry, s = 1..4, then fuse: the full forward
@@ -281,6 +286,7 @@ def test_stage_continuation_equals_the_full_forward(backbone):
     np.testing.assert_allclose(embs[k], want[k], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_conv1x1_as_dot_changes_no_parameter_and_no_value():
   """model.conv1x1='dot' (resnet.Conv1x1): the same parameter tree and init
   as nn.Conv, the same forward (1e-5) and gradients (1e-4), stride 2 too."""
@@ -289,20 +295,24 @@ def test_conv1x1_as_dot_changes_no_parameter_and_no_value():
   conv, dot = dare.DaRe(**kw), dare.DaRe(conv1x1_dot=True, **kw)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 32, 3)),
                   jnp.float32)
-  v_conv = conv.init(jax.random.key(3), x, train=False)
-  v_dot = dot.init(jax.random.key(3), x, train=False)
+  # Jitted: one program each instead of many small eager ones.
+  init = lambda m: jax.jit(functools.partial(m.init, train=False))(
+      jax.random.key(3), x)
+  v_conv, v_dot = init(conv), init(dot)
   jax.tree.map(np.testing.assert_array_equal, v_conv, v_dot)  # same init
-  for k, e in dot.apply(v_conv, x, train=False).items():
-    np.testing.assert_allclose(e, conv.apply(v_conv, x, train=False)[k],
-                               rtol=1e-5, atol=1e-5)
+  apply = lambda m: jax.jit(functools.partial(m.apply, train=False))(v_conv, x)
+  want = apply(conv)
+  for k, e in apply(dot).items():
+    np.testing.assert_allclose(e, want[k], rtol=1e-5, atol=1e-5)
 
   def loss(model, params):  # eval-mode BN: train-mode BN over 2 images x
     # 2x1 pixels at stage 4 would amplify rounding, not test the convs
     out = model.apply({'params': params,
                        'batch_stats': v_conv['batch_stats']}, x, train=False)
     return sum(jnp.sum(e**2) for e in out.values())
-  g_conv = jax.grad(lambda p: loss(conv, p))(v_conv['params'])
-  g_dot = jax.grad(lambda p: loss(dot, p))(v_conv['params'])
+  grad = jax.jit(jax.grad(loss, argnums=1), static_argnums=0)
+  g_conv = grad(conv, v_conv['params'])
+  g_dot = grad(dot, v_conv['params'])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(
       a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max() + 1e-12)), g_dot,
                g_conv)
@@ -312,6 +322,7 @@ def test_conv1x1_as_dot_changes_no_parameter_and_no_value():
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('backbone', ['resnet', 'densenet'])
 def test_exit_heads_start_as_the_authors(backbone):
   """Initial scales as the authors' DaRe (PyTorch 0.2; docs/parity.md

@@ -8,7 +8,7 @@ import pytest
 from configs import default
 from dare_jax import errors
 from dare_jax.data import datasets
-from tests.readers_image_test import MARKET_TREE, write_tree, corrupt
+from tests.image_trees import MARKET_TREE, write_tree, corrupt
 
 SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data')
 

@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from dare_jax.data import pipeline
+from dare_jax.data import numpy_pipeline as pipeline
 from dare_jax.data import spec
 from dare_jax.data.types import Split
 from dare_jax.evaluation import embed

@@ -1,5 +1,5 @@
 """The anytime engine exits for real: the exits it chooses equal the
-simulation's (budget/stream.route over precomputed features), query for
+simulation's (budget/exits_lib.route over precomputed features), query for
 query, and a stream compiles nothing after warm-up."""
 
 import jax
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from dare_jax.budget import stream
-from dare_jax.inference import anytime
+from dare_jax.inference import engine as engine_lib
 from dare_jax.models import dare
+from dare_jax.retrieval import exits as exits_lib
 
 # Its module-scoped fixtures are built once: all its tests on one xdist
 # worker (.ci/run: --dist loadgroup).
@@ -57,20 +58,20 @@ def make_setup():
 
 def _simulated_exits(feats, routing, budget, seed=0):
   """What tools.budgeted routes: budget/stream over the features."""
-  retrievals = stream.exit_retrievals(feats, anytime.EXITS)
+  retrievals = stream.exit_retrievals(feats, engine_lib.EXITS)
   if routing == 'random':
-    return stream.route_random(len(feats['query_pids']), stream.conditional(
-        stream.random_fractions(COSTS, budget)), seed)
+    return exits_lib.route_random(len(feats['query_pids']), exits_lib.conditional(
+        exits_lib.random_fractions(COSTS, budget)), seed)
   conf = np.stack([retrievals[e].confidences(routing)
-                   for e in anytime.EXITS[:-1]], axis=1)
-  return stream.route(conf, stream.conditional(
-      stream.exit_fractions(COSTS, budget)))
+                   for e in engine_lib.EXITS[:-1]], axis=1)
+  return exits_lib.route(conf, exits_lib.conditional(
+      exits_lib.exit_fractions(COSTS, budget)))
 
 
 def _engine(setup, routing, budget, max_batch, **kw):
   model, v, _, feats = setup
-  return anytime.AnytimeEngine(
-      model, v, {e: feats[f'gallery_{e}'] for e in anytime.EXITS},
+  return engine_lib.AnytimeEngine(
+      model, v, {e: feats[f'gallery_{e}'] for e in engine_lib.EXITS},
       feats['gallery_pids'], feats['gallery_camids'], COSTS,
       routing=routing, budget=budget, max_batch=max_batch, topk=5, **kw)
 
@@ -85,6 +86,7 @@ def _run(engine, setup, batch):
   return answers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('routing', ['distance', 'margin', 'random'])
 @pytest.mark.parametrize('batch', [1, 16])
 def test_exits_equal_the_simulation(setup, routing, batch):
@@ -98,7 +100,7 @@ def test_exits_equal_the_simulation(setup, routing, batch):
   # Each answer is its exit's top-5 (all of the gallery, nearest first).
   feats = setup[3]
   for a in answers[:8]:
-    name = anytime.EXITS[a.exit]
+    name = engine_lib.EXITS[a.exit]
     d = np.sqrt(((feats[f'query_{name}'][a.index].astype(np.float64) -
                   feats[f'gallery_{name}'].astype(np.float64))**2).sum(1))
     np.testing.assert_array_equal(a.results, np.argsort(d, kind='stable')[:5])
@@ -106,6 +108,7 @@ def test_exits_equal_the_simulation(setup, routing, batch):
     assert a.latency_ms > 0
 
 
+@pytest.mark.slow
 def test_no_compilation_after_warmup(setup):
   engine = _engine(setup, 'margin', 2.5, 16)
   engine.warmup(HW)
@@ -116,11 +119,12 @@ def test_no_compilation_after_warmup(setup):
   assert dict(engine.runner.traces) == before
 
 
+@pytest.mark.slow
 def test_deadline_answers_with_the_deepest_exit_in_time(setup):
   _, _, xq, _ = setup
   deep = _engine(setup, 'distance', None, 16, deadline_ms=1e6)
   deep.warmup(HW)
-  assert {a.exit for a in deep.process(xq[:8])} == {len(anytime.EXITS) - 1}
+  assert {a.exit for a in deep.process(xq[:8])} == {len(engine_lib.EXITS) - 1}
   # No time at all: the first exit, computed anyway, answers.
   none = _engine(setup, 'distance', None, 16, deadline_ms=1e-6)
   none.warmup(HW)
@@ -128,14 +132,15 @@ def test_deadline_answers_with_the_deepest_exit_in_time(setup):
   assert {a.exit for a in none.process(xq[:8])} == {0}
 
 
+@pytest.mark.slow
 def test_bench_anytime_rows():
-  """bench/anytime on the smoke model: the fields scripts read, and the
+  """bench/early_exit on the smoke model: the fields scripts read, and the
   predicted saving is what the realised exits cost (no timing thresholds)."""
   from configs import smoke  # pylint: disable=g-import-not-at-top
-  from dare_jax.bench import anytime as bench_anytime  # pylint: disable=g-import-not-at-top
+  from dare_jax.bench import early_exit as bench_early_exit  # pylint: disable=g-import-not-at-top
   from dare_jax.budget import costs as costs_lib  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
-  rows = bench_anytime.run(config, [1, 2], [0.5], num_queries=6,
+  rows = bench_early_exit.run(config, [1, 2], [0.5], num_queries=6,
                            num_gallery=20, repeats=1,
                            runtimes=('jax', 'onnx'))
   assert [(r['runtime'], r['batch'], r['mode']) for r in rows] == [
@@ -143,7 +148,7 @@ def test_bench_anytime_rows():
       for m in ('batch', 'queued')]
   c = costs_lib.exit_costs(dare.from_config(config.model),
                            tuple(config.data.input_size))
-  costs = np.array([c[e] for e in anytime.EXITS], np.float64)
+  costs = np.array([c[e] for e in engine_lib.EXITS], np.float64)
   for r in rows:
     np.testing.assert_allclose(sum(r['exit_fractions']), 1.0)
     cost = np.dot(r['exit_fractions'], costs)
@@ -154,6 +159,7 @@ def test_bench_anytime_rows():
         r['realized_saving'], 1 - r['ms_per_query'] / r['full_ms_per_query'])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('routing', ['distance', 'margin', 'random'])
 def test_queued_stream_exits_equal_the_simulation(setup, routing):
   """submit/flush: survivors of several micro-batches continue together at
@@ -176,7 +182,7 @@ def test_queued_stream_exits_equal_the_simulation(setup, routing):
   assert [a.index for a in answers] == list(range(len(want)))
   np.testing.assert_array_equal([a.exit for a in answers], want)
   for a in answers[:6]:
-    name = anytime.EXITS[a.exit]
+    name = engine_lib.EXITS[a.exit]
     d = np.sqrt(((feats[f'query_{name}'][a.index].astype(np.float64) -
                   feats[f'gallery_{name}'].astype(np.float64))**2).sum(1))
     np.testing.assert_array_equal(a.results, np.argsort(d, kind='stable')[:5])
@@ -189,7 +195,7 @@ def test_onnx_stages_exit_as_the_simulation(setup, routing):
   model, v, xq, feats = setup
   budget = (COSTS[0] + COSTS[-1]) / 2
   want = _simulated_exits(feats, routing, budget)
-  runner = anytime.OnnxStageRunner(model, v, HW, max_batch=16)
+  runner = engine_lib.OnnxStageRunner(model, v, HW, max_batch=16)
   engine = _engine(setup, routing, budget, 16, runner=runner)
   answers = _run(engine, setup, 16)
   np.testing.assert_array_equal([a.exit for a in answers], want)
@@ -217,12 +223,13 @@ def _normalized_reference(feats, name):
   return np.sqrt(((q[:, None] - g[None]) ** 2).sum(-1))
 
 
+@pytest.mark.slow
 def test_protocol_reaches_the_simulation_and_the_engine(setup):
   """With eval.normalize (the dataset configs' protocol) the simulation at
   the full budget scores as the evaluator does on normalised features, and
   the engine's answers are the normalised ranking, query for query; the raw
   ranking differs (so the test sees the protocol)."""
-  from dare_jax.evaluation import protocol  # pylint: disable=g-import-not-at-top
+  from dare_jax.retrieval import protocol  # pylint: disable=g-import-not-at-top
   from tests import metrics_reference  # pylint: disable=g-import-not-at-top
   _, _, _, feats = setup
   proto = protocol.Protocol(normalize=True)
@@ -230,14 +237,14 @@ def test_protocol_reaches_the_simulation_and_the_engine(setup):
                             'gallery_camids')]
   ref = _normalized_reference(feats, 'fused')
   want = metrics_reference.evaluate(ref, *ids, ranks=(1,))
-  sim, = stream.simulate(feats, anytime.EXITS, COSTS, [COSTS[-1]],
+  sim, = stream.simulate(feats, engine_lib.EXITS, COSTS, [COSTS[-1]],
                          'margin', proto=proto)
   assert sim['exit_fractions'] == [0, 0, 0, 1]
   np.testing.assert_allclose([sim['rank1'], sim['mAP']],
                              [want['rank1'], want['mAP']], rtol=1e-6)
   engine = _engine(setup, 'margin', COSTS[-1], 16, proto=proto)
   answers = _run(engine, setup, 8)
-  assert {a.exit for a in answers} == {len(anytime.EXITS) - 1}
+  assert {a.exit for a in answers} == {len(engine_lib.EXITS) - 1}
   for a in answers:
     np.testing.assert_array_equal(a.results,
                                   np.argsort(ref[a.index], kind='stable')[:5])
@@ -245,10 +252,10 @@ def test_protocol_reaches_the_simulation_and_the_engine(setup):
   assert any((a.results != b.results).any() for a, b in zip(answers, raw))
   # Below the full budget the engine still chooses the simulation's exits.
   budget = (COSTS[0] + COSTS[-1]) / 2
-  retrievals = stream.exit_retrievals(feats, anytime.EXITS, proto)
+  retrievals = stream.exit_retrievals(feats, engine_lib.EXITS, proto)
   conf = np.stack([retrievals[e].confidences('margin')
-                   for e in anytime.EXITS[:-1]], axis=1)
-  want_exits = stream.route(conf, stream.conditional(
-      stream.exit_fractions(COSTS, budget)))
+                   for e in engine_lib.EXITS[:-1]], axis=1)
+  want_exits = exits_lib.route(conf, exits_lib.conditional(
+      exits_lib.exit_fractions(COSTS, budget)))
   got = _run(_engine(setup, 'margin', budget, 16, proto=proto), setup, 16)
   np.testing.assert_array_equal([a.exit for a in got], want_exits)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from dare_jax import errors
-from dare_jax.evaluation import features
+from dare_jax.retrieval import features
+from dare_jax.retrieval import protocol as protocol_lib
 from tests import metrics_reference as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,10 +47,10 @@ def _reference(feats, name, metric='euclidean', normalize=False,
 @pytest.mark.parametrize('metric,normalize,ap', [
     ('euclidean', False, 'market'), ('sqeuclidean', True, 'standard'),
     ('cosine', False, 'market')])
+@pytest.mark.slow
 def test_every_embedding_matches_the_reference(metric, normalize, ap):
   feats = _features()
-  got = features.evaluate_features_file(feats, metric=metric,
-                                        normalize=normalize, ap=ap)
+  got = protocol_lib.Protocol(metric, normalize, ap).evaluate(feats)
   assert list(got) == ['early', 'late']
   for name in got:
     want = _reference(feats, name, metric, normalize, ap)
@@ -80,6 +81,34 @@ def test_schema_errors_name_the_file_and_key(tmp_path):
     features.check_features(only_ids, 'x.npz')
   with pytest.raises(errors.DataNotFoundError, match='nope.npz'):
     features.load_features(str(tmp_path / 'nope.npz'))
+  # An exit with a query array but no gallery array is refused by name (it
+  # was left out of the evaluation without a word).
+  lonely = {k: v for k, v in feats.items() if k != 'gallery_late'}
+  with pytest.raises(errors.DataError, match='query_late has no counterpart'):
+    features.check_features(lonely, 'x.npz')
+  # A truncated file is one line naming it.
+  path = tmp_path / 'cut.npz'
+  np.savez(path, **feats)
+  path.write_bytes(path.read_bytes()[:300])
+  with pytest.raises(errors.DataError, match='cut.npz'):
+    features.load_features(str(path))
+
+
+def test_the_file_carries_its_protocol(tmp_path):
+  """features.write records the protocol; Protocol.of_run reads it back
+  (and a config's other protocol is warned about, the file's kept); a file
+  without one scores with the defaults."""
+  feats = _features()
+  proto = protocol_lib.Protocol('cosine', True, 'standard', ranks=(1, 3))
+  path = str(tmp_path / 'f.npz')
+  features.write(path, feats, proto)
+  back = features.load_features(path)
+  assert protocol_lib.Protocol.of_run(back, path) == proto
+  got = protocol_lib.Protocol.of_run(back, path).evaluate(back)
+  want = _reference(back, 'late', 'cosine', True, 'standard')
+  assert got['late']['mAP'] == pytest.approx(want['mAP'], abs=1e-6)
+  assert protocol_lib.Protocol.of_run(feats, 'old.npz') == (
+      protocol_lib.Protocol())
 
 
 def _cli(*args):
@@ -89,6 +118,7 @@ def _cli(*args):
       env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
 
 
+@pytest.mark.slow
 def test_cli_prints_one_json_object(tmp_path):
   feats = _features(seed=1)
   path = str(tmp_path / 'f.npz')
@@ -120,6 +150,7 @@ def _reranked_reference(feats, name, k1, k2, lam):
                       feats['gallery_pids'], feats['gallery_camids'])
 
 
+@pytest.mark.slow
 def test_cli_rerank_matches_the_authors_algorithm(tmp_path):
   feats = _features(seed=2, num_q=30, num_g=120)
   path = str(tmp_path / 'f.npz')
@@ -138,7 +169,7 @@ def test_dataset_configs_normalise_and_report_the_unnormalised_beside():
   features as the official scripts do; metrics.json also holds the
   unnormalised ranking."""
   from configs import duke, market, mars, smoke  # pylint: disable=g-import-not-at-top
-  from dare_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from dare_jax import eval_mode  # pylint: disable=g-import-not-at-top
   for cfg in (market, duke, mars):
     assert cfg.get_config().eval.normalize
   feats = _features()
@@ -148,7 +179,7 @@ def test_dataset_configs_normalise_and_report_the_unnormalised_beside():
     feats[f'gallery_{name}'] *= rng.uniform(0.2, 5.0, (97, 1)).astype(
         np.float32)
   eval_cfg = market.get_config().eval
-  got = evaluate.score_features(feats, eval_cfg)
+  got = eval_mode.score_features(feats, eval_cfg)
   assert set(got) == {'early', 'late', 'unnormalized'}
   for name in ('early', 'late'):
     normed, raw = (_reference(feats, name, normalize=True),
@@ -158,5 +189,5 @@ def test_dataset_configs_normalise_and_report_the_unnormalised_beside():
       assert got[name][key] == pytest.approx(normed[key], abs=1e-6)
       assert got['unnormalized'][name][key] == pytest.approx(raw[key],
                                                              abs=1e-6)
-  assert 'unnormalized' not in evaluate.score_features(
+  assert 'unnormalized' not in eval_mode.score_features(
       feats, smoke.get_config().eval)

@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from dare_jax.budget import figures
+from dare_jax.figures import budget as figures
 
 
 def _assert_png(path, min_width=400):
@@ -44,34 +44,6 @@ def test_anytime_value_rejects_bad_inputs():
     figures.anytime_value([2.0, 1.0], [0.1, 0.2], 3)
   with pytest.raises(ValueError):
     figures.anytime_value([1.0, 2.0], [0.1], 3)
-
-
-def test_framed_colours_the_border_and_keeps_the_interior():
-  rng = np.random.default_rng(0)
-  img = _image(rng, 7, 5)
-  out = figures.framed(img, (0, 200, 10), 3)
-  assert out.dtype == np.uint8 and out.shape == (13, 11, 3)
-  np.testing.assert_array_equal(out[3:10, 3:8], img)
-  border = np.ones((13, 11), bool)
-  border[3:10, 3:8] = False
-  np.testing.assert_array_equal(out[border],
-                                np.tile([0, 200, 10], (border.sum(), 1)))
-  # Width 0 is the image itself; grayscale becomes three channels.
-  np.testing.assert_array_equal(figures.framed(img, (1, 2, 3), 0), img)
-  gray = figures.framed(img[..., 0], (9, 9, 9), 1)
-  assert gray.shape == (9, 7, 3)
-  np.testing.assert_array_equal(gray[1:-1, 1:-1, 2], img[..., 0])
-  assert img.shape == (7, 5, 3)  # the input is not modified
-
-
-def test_letterbox_fits_any_size_into_the_cell():
-  rng = np.random.default_rng(1)
-  for h, w in ((256, 128), (60, 100), (128, 64), (3, 2)):
-    cell = figures.letterbox(_image(rng, h, w), (128, 64))
-    assert cell.shape == (128, 64, 3) and cell.dtype == np.uint8
-  # A wide image is padded above and below with white.
-  cell = figures.letterbox(np.zeros((10, 64, 3), np.uint8), (128, 64))
-  assert (cell[:50] == 255).all() and (cell[64] == 0).all()
 
 
 def test_cost_scale_is_a_power_of_1000():
@@ -163,6 +135,7 @@ def _query(rng, exits, k, pid):
           'rows': rows}
 
 
+@pytest.mark.slow
 def test_rank_lists(tmp_path):
   rng = np.random.default_rng(2)
   exits = ('stage1', 'stage2', 'stage3', 'fused')

@@ -8,7 +8,7 @@ import pytest
 
 from dare_jax import errors
 from dare_jax.data.types import Split
-from dare_jax.inference import figures
+from dare_jax.figures import ranked as figures
 
 # Query 0: person 1 seen by camera 0; query 1: person 2 by camera 1; query 2:
 # person 1 by an unknown camera (-1), for which nothing is same-camera.

@@ -4,7 +4,7 @@ import json
 
 from PIL import Image
 
-from dare_jax import plots
+from dare_jax.figures import run as plots
 
 
 def _rec(step, loss):

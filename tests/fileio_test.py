@@ -17,7 +17,8 @@ from dare_jax import errors
 from dare_jax import fileio
 from dare_jax import train
 from dare_jax.budget import report
-from dare_jax.evaluation import features as features_lib
+from dare_jax.retrieval import features as features_lib
+from dare_jax.retrieval import protocol as protocol_lib
 from dare_jax.inference import bundle as bundle_lib
 from dare_jax.tools import export_bundle
 from tests import fake_gcs as fake_gcs_lib
@@ -90,6 +91,7 @@ def test_append_log_keeps_every_line_across_a_resume(fake_gcs, tmp_path,  # pyli
   resumed.close()
 
 
+@pytest.mark.slow
 def test_train_evaluate_budget_and_bundle_on_gs(fake_gcs, tmp_path,  # pylint: disable=redefined-outer-name
                                                 monkeypatch):
   # Checkpoints stay local here: Orbax writes gs:// with TensorStore's own
@@ -123,8 +125,8 @@ def test_train_evaluate_budget_and_bundle_on_gs(fake_gcs, tmp_path,  # pylint: d
     assert sorted(remote) == sorted(z.files)
     for k in z.files:
       np.testing.assert_array_equal(remote[k], z[k])
-  scored = features_lib.evaluate_features_file(remote, names=['fused'],
-                                               ap=config.eval.ap)
+  scored = protocol_lib.Protocol.of_run(remote, 'remote').evaluate(
+      remote, ['fused'])
   assert scored['fused']['mAP'] == pytest.approx(metrics['fused']['mAP'])
 
   # --mode=budget reads the gs:// features and writes its report there.
@@ -157,6 +159,7 @@ def test_train_evaluate_budget_and_bundle_on_gs(fake_gcs, tmp_path,  # pylint: d
     export_bundle.export(config, workdir, out)
 
 
+@pytest.mark.slow
 def test_evaluate_features_cli_reads_gs(fake_gcs):  # pylint: disable=redefined-outer-name
   rng = np.random.default_rng(0)
   feats = {'query_fused': rng.normal(size=(6, 8)).astype(np.float32),

@@ -5,6 +5,7 @@ repository, on made-up images and on real CUHK01 crops."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,19 +17,19 @@ import pytest
 
 from configs import smoke
 from dare_jax import errors
-from dare_jax import evaluate
+from dare_jax import eval_mode
 from dare_jax.evaluation import rerank as rerank_lib
 from dare_jax.budget import stream
-from dare_jax.inference import anytime
+from dare_jax.inference import engine as engine_lib
 from dare_jax.inference import bundle as bundle_lib
 from dare_jax.inference import gallery
 from dare_jax.inference import images
+from dare_jax.inference import streaming
 from dare_jax.models import dare
-from dare_jax.tools import embed as embed_tool
+from dare_jax.retrieval import exits as exits_lib
+from dare_jax.retrieval import protocol as protocol_lib
 from dare_jax.tools import export_bundle
-from dare_jax.tools import search as search_tool
-from dare_jax.tools import stream as stream_tool
-from tests import bundle_test
+from tests import checkpoints
 
 # Its module-scoped fixtures are built once: all its tests on one xdist
 # worker (.ci/run: --dist loadgroup).
@@ -61,6 +62,7 @@ BACKBONES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('backbone', sorted(BACKBONES))
 def test_onnx_and_stablehlo_equal_the_flax_forward(backbone, tmp_path):
   fields, hw = BACKBONES[backbone]
@@ -90,7 +92,7 @@ def test_onnx_and_stablehlo_equal_the_flax_forward(backbone, tmp_path):
       bundle_lib.export_forward(model, v, hw))
   np.save(tmp_path / 'x.npy', x)
   proc = subprocess.run(
-      [sys.executable, '-c', bundle_test._FRESH, str(out),  # pylint: disable=protected-access
+      [sys.executable, '-c', checkpoints.FRESH_PROCESS, str(out),
        str(tmp_path / 'x.npy'), str(tmp_path / 'y.npz')],
       capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
       check=False)
@@ -131,7 +133,7 @@ def made_up(tmp_path_factory):
   _write_images(os.path.join(root, 'bounding_box_test'),
                 [f'{p:04d}_c2_{i}.png' for p in (3, 4, 5, 6) for i in range(2)],
                 seed=2, size=(36, 18))
-  config, workdir, _, _ = bundle_test._checkpoint(tmp)  # pylint: disable=protected-access
+  config, workdir, _, _ = checkpoints.random_checkpoint(tmp)
   config = smoke.get_config()
   config.data.dataset = 'folder'
   config.data.root = root
@@ -141,41 +143,55 @@ def made_up(tmp_path_factory):
   return config, workdir, out, root
 
 
+@pytest.mark.slow
 def test_embed_equals_mode_export(made_up, tmp_path):
   config, workdir, bundle_dir, root = made_up
-  path = evaluate.export_features(config, workdir)
+  path = eval_mode.export_features(config, workdir)
   with np.load(path) as z:
     want = dict(z)
   for what, folder in (('query', 'query'), ('gallery', 'bounding_box_test')):
     out = str(tmp_path / f'{what}.npz')
-    printed = embed_tool.embed(bundle_dir, os.path.join(root, folder), out,
+    printed = gallery.embed_to_file(bundle_dir, os.path.join(root, folder), out,
                                batch=3, progress=False)
     assert printed['embedded'] == len(want[f'{what}_pids'])
     with np.load(out) as got:
-      assert list(got['paths']) == sorted(
+      assert list(got['gallery_paths']) == sorted(
           os.path.join(root, folder, f)
           for f in os.listdir(os.path.join(root, folder)))
       for name in dare.EMBEDDINGS:
         w = want[f'{what}_{name}']
-        np.testing.assert_allclose(got[name], w, rtol=1e-5,
+        np.testing.assert_allclose(got[f'gallery_{name}'], w, rtol=1e-5,
                                    atol=1e-5 * np.abs(w).max())
   # tta=1 (the whole image resized) differs from the 10-view mean, and the ONNX
   # runtime gives the tta=10 embeddings too.
-  one = embed_tool.embed(bundle_dir, os.path.join(root, 'query'),
+  one = gallery.embed_to_file(bundle_dir, os.path.join(root, 'query'),
                          str(tmp_path / 'q1.npz'), tta=1, progress=False)
   assert one['tta'] == 1
   with np.load(tmp_path / 'q1.npz') as z1, \
       np.load(tmp_path / 'query.npz') as z10:
-    assert np.abs(z1['fused'] - z10['fused']).max() > 1e-3
-  embed_tool.embed(bundle_dir, os.path.join(root, 'query'),
+    assert np.abs(z1['gallery_fused'] - z10['gallery_fused']).max() > 1e-3
+  gallery.embed_to_file(bundle_dir, os.path.join(root, 'query'),
                    str(tmp_path / 'qo.npz'), runtime='onnx', progress=False)
   with np.load(tmp_path / 'qo.npz') as zo:
     for name in dare.EMBEDDINGS:
       w = want[f'query_{name}']
-      np.testing.assert_allclose(zo[name], w, rtol=1e-4,
+      np.testing.assert_allclose(zo[f'gallery_{name}'], w, rtol=1e-4,
                                  atol=1e-4 * np.abs(w).max())
+  # A tools/embed file from before the one schema (bare names, paths,
+  # person, camera) reads as the same gallery.
+  with np.load(tmp_path / 'query.npz') as z:
+    old = {k[len('gallery_'):] if k.startswith('gallery_') else k: z[k]
+           for k in z.files if k != 'protocol'}
+  np.savez(tmp_path / 'old.npz', **old)
+  new, legacy = gallery.load(str(tmp_path / 'query.npz')), gallery.load(
+      str(tmp_path / 'old.npz'))
+  assert legacy.inputs == new.inputs and legacy.bundle == new.bundle
+  for name in dare.EMBEDDINGS:
+    np.testing.assert_array_equal(legacy.embeddings[name],
+                                  new.embeddings[name])
 
 
+@pytest.mark.slow
 def test_append_embeds_only_new_images(made_up, tmp_path):
   _, _, bundle_dir, root = made_up
   g = os.path.join(root, 'bounding_box_test')
@@ -183,10 +199,10 @@ def test_append_embeds_only_new_images(made_up, tmp_path):
   lst = tmp_path / 'first.txt'
   lst.write_text(''.join(os.path.join(g, f) + '\n' for f in first))
   out = str(tmp_path / 'g.npz')
-  assert embed_tool.embed(bundle_dir, str(lst), out,
+  assert gallery.embed_to_file(bundle_dir, str(lst), out,
                           progress=False)['embedded'] == 5
   before = gallery.load(out)
-  printed = embed_tool.embed(bundle_dir, g, out, append=True, progress=False)
+  printed = gallery.embed_to_file(bundle_dir, g, out, append=True, progress=False)
   assert printed['embedded'] == len(os.listdir(g)) - 5
   assert printed['images'] == len(os.listdir(g))
   after = gallery.load(out)
@@ -195,11 +211,11 @@ def test_append_embeds_only_new_images(made_up, tmp_path):
     np.testing.assert_array_equal(after.embeddings[k][:5],
                                   before.embeddings[k])
   # Appending the same images again embeds nothing.
-  again = embed_tool.embed(bundle_dir, g, out, append=True, progress=False)
+  again = gallery.embed_to_file(bundle_dir, g, out, append=True, progress=False)
   assert again['embedded'] == 0 and again['images'] == len(os.listdir(g))
   # Whole-gallery embedding equals the appended file row for row.
   full = str(tmp_path / 'full.npz')
-  embed_tool.embed(bundle_dir, g, full, progress=False)
+  gallery.embed_to_file(bundle_dir, g, full, progress=False)
   f = gallery.load(full)
   order = [f.inputs.paths.index(p) for p in after.inputs.paths]
   np.testing.assert_allclose(after.embeddings['fused'],
@@ -207,15 +223,16 @@ def test_append_embeds_only_new_images(made_up, tmp_path):
                              atol=1e-6)
 
 
+@pytest.mark.slow
 def test_search_is_exact_and_ordered(made_up, tmp_path):
   _, _, bundle_dir, root = made_up
   b = bundle_lib.Bundle.load(bundle_dir)
   g_npz, q_npz = str(tmp_path / 'g.npz'), str(tmp_path / 'q.npz')
-  embed_tool.embed(bundle_dir, os.path.join(root, 'bounding_box_test'),
+  gallery.embed_to_file(bundle_dir, os.path.join(root, 'bounding_box_test'),
                    g_npz, progress=False)
-  embed_tool.embed(bundle_dir, os.path.join(root, 'query'), q_npz,
+  gallery.embed_to_file(bundle_dir, os.path.join(root, 'query'), q_npz,
                    progress=False)
-  out = search_tool.search(bundle_dir, g_npz, q_npz, topk=4, exit_name='all',
+  out = gallery.search_files(bundle_dir, g_npz, q_npz, topk=4, exit_name='all',
                            json_out=str(tmp_path / 'r.json'), progress=False)
   assert json.loads((tmp_path / 'r.json').read_text()) == out
   g, q = gallery.load(g_npz, b), gallery.load(q_npz, b)
@@ -240,10 +257,10 @@ def test_search_is_exact_and_ordered(made_up, tmp_path):
   np.testing.assert_allclose(d1, d2, rtol=1e-6)
   # Re-ranked search: the order of the re-ranked distances.
   with pytest.raises(errors.ConfigError, match='k1=20 needs at least 21'):
-    search_tool.search(bundle_dir, g_npz, q_npz, rerank=True, progress=False)
+    gallery.search_files(bundle_dir, g_npz, q_npz, rerank=True, progress=False)
   opts = {'k1': 4, 'k2': 2, 'lambda_value': 0.3}
   idx, dist = gallery.search(q.embeddings['fused'], g.embeddings['fused'], 3,
-                             rerank=opts)
+                             proto=protocol_lib.Protocol(**opts), rerank=True)
   want = np.asarray(rerank_lib.rerank_features(
       q.embeddings['fused'], g.embeddings['fused'], **opts))
   np.testing.assert_array_equal(idx, np.argsort(want, 1, kind='stable')[:, :3])
@@ -260,35 +277,35 @@ def test_bad_inputs_say_what_to_do(made_up, tmp_path):
   with pytest.raises(errors.DataNotFoundError, match='no such'):
     images.read_inputs(str(tmp_path / 'nope'))
   out = str(tmp_path / 'q.npz')
-  embed_tool.embed(bundle_dir, os.path.join(root, 'query'), out,
+  gallery.embed_to_file(bundle_dir, os.path.join(root, 'query'), out,
                    progress=False)
   with pytest.raises(errors.ConfigError, match='--overwrite'):
-    embed_tool.embed(bundle_dir, os.path.join(root, 'query'), out,
+    gallery.embed_to_file(bundle_dir, os.path.join(root, 'query'), out,
                      progress=False)
   # An npz of another dimension names both.
   z = dict(np.load(out))
-  z.update({k: np.zeros((len(z['paths']), 5), np.float32)
-            for k in dare.EMBEDDINGS})
+  z.update({f'gallery_{k}': np.zeros((len(z['gallery_paths']), 5),
+                                     np.float32) for k in dare.EMBEDDINGS})
   np.savez(tmp_path / 'd5.npz', **z)
   with pytest.raises(errors.DataError, match='dimension 5.*dimension 16'):
-    search_tool.search(bundle_dir, str(tmp_path / 'd5.npz'), out,
+    gallery.search_files(bundle_dir, str(tmp_path / 'd5.npz'), out,
                        progress=False)
   with pytest.raises(errors.ConfigError,
                      match='stage1, stage2, stage3, stage4, fused'):
-    search_tool.search(bundle_dir, out, out, exit_name='stage9',
+    gallery.search_files(bundle_dir, out, out, exit_name='stage9',
                        progress=False)
   (tmp_path / 'r.json').write_text('[]')
   with pytest.raises(errors.ConfigError, match='--overwrite'):
-    search_tool.search(bundle_dir, out, out, progress=False,
+    gallery.search_files(bundle_dir, out, out, progress=False,
                        json_out=str(tmp_path / 'r.json'))
   # A broken image: named, or skipped and counted.
   bad = tmp_path / 'bad'
   _write_images(str(bad), ['a.png', 'c.png'], seed=5)
   (bad / 'b.jpg').write_bytes(b'not an image')
   with pytest.raises(errors.DataError, match=r'b\.jpg.*--bad_images=skip'):
-    embed_tool.embed(bundle_dir, str(bad), str(tmp_path / 'x.npz'),
+    gallery.embed_to_file(bundle_dir, str(bad), str(tmp_path / 'x.npz'),
                      progress=False)
-  printed = embed_tool.embed(bundle_dir, str(bad), str(tmp_path / 'x.npz'),
+  printed = gallery.embed_to_file(bundle_dir, str(bad), str(tmp_path / 'x.npz'),
                              bad_images='skip', progress=False)
   assert (printed['embedded'], printed['skipped']) == (2, 1)
   assert not os.path.exists(tmp_path / 'x.tmp.npz')
@@ -301,7 +318,7 @@ def test_bad_inputs_say_what_to_do(made_up, tmp_path):
   z['bundle'] = np.array('0' * 16)
   np.savez(tmp_path / 'other.npz', **z)
   with pytest.raises(errors.DataError, match='another bundle'):
-    search_tool.search(bundle_dir, str(tmp_path / 'other.npz'), out,
+    gallery.search_files(bundle_dir, str(tmp_path / 'other.npz'), out,
                        progress=False)
 
 
@@ -344,6 +361,7 @@ def _check_cli_run(bundle_dir, gallery_in, query_in, tmp_path, labelled):
   return out
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_made_up_images(made_up, tmp_path):
   _, _, bundle_dir, root = made_up
   _check_cli_run(bundle_dir, os.path.join(root, 'bounding_box_test'),
@@ -352,6 +370,7 @@ def test_cli_end_to_end_on_made_up_images(made_up, tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir(CUHK01),
                     reason='../shared/data/cuhk01 is absent')
+@pytest.mark.slow
 def test_cli_end_to_end_on_cuhk01_crops(made_up, tmp_path):
   """Real 60x160 crops, labelled CSVs: camera B queries, camera A gallery."""
   _, _, bundle_dir, _ = made_up
@@ -374,14 +393,17 @@ def test_cli_end_to_end_on_cuhk01_crops(made_up, tmp_path):
 
 def test_inference_imports_nothing_of_training():
   """inference/ and its tools: no train.py, builder, optimiser, checkpoint
-  library, TensorFlow or configs/."""
+  library, TensorFlow or configs/, and not the paper's simulation (budget/):
+  the engine takes the exit rule from the retrieval core."""
   code = ('import sys\n'
           'import dare_jax.inference.bundle, dare_jax.inference.gallery\n'
-          'import dare_jax.inference.images, dare_jax.inference.figures\n'
+          'import dare_jax.inference.images, dare_jax.figures.ranked\n'
+          'import dare_jax.inference.engine, dare_jax.inference.streaming\n'
           'import dare_jax.tools.embed, dare_jax.tools.search\n'
           'print(",".join(sorted(m for m in sys.modules if m.startswith((\n'
           '    "dare_jax.train", "dare_jax.builder", "dare_jax.optim",\n'
-          '    "tensorflow", "configs", "optax", "orbax")))))\n')
+          '    "dare_jax.budget", "tensorflow", "configs", "optax",\n'
+          '    "orbax")))))\n')
   proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
                         text=True, timeout=300, check=False, cwd='/',
                         env={**os.environ, 'PYTHONPATH': ROOT})
@@ -389,11 +411,12 @@ def test_inference_imports_nothing_of_training():
   assert proc.stdout.strip() == ''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('routing', ['distance', 'margin'])
 def test_stream_exits_equal_tools_budgeted_on_embed_features(
     made_up, tmp_path, routing):
   """tools/stream really exits early; its exits equal the simulation's
-  (budget/stream.route, what tools.budgeted runs) on the features embed
+  (budget/exits_lib.route, what tools.budgeted runs) on the features embed
   writes for the same images (queries at --tta=1: one view each, as the
   stream sees them), query for query, at batch 1 and 16."""
   _, _, bundle_dir, _ = made_up
@@ -410,9 +433,9 @@ def test_stream_exits_equal_tools_budgeted_on_embed_features(
                     int(rng.integers(0, 3))])
     return str(tmp_path / f'{name}.csv')
   q_csv, g_csv = labelled('q', 24, 11), labelled('g', 30, 12)
-  embed_tool.embed(bundle_dir, q_csv, str(tmp_path / 'q.npz'), tta=1,
+  gallery.embed_to_file(bundle_dir, q_csv, str(tmp_path / 'q.npz'), tta=1,
                    progress=False)
-  embed_tool.embed(bundle_dir, g_csv, str(tmp_path / 'g.npz'),
+  gallery.embed_to_file(bundle_dir, g_csv, str(tmp_path / 'g.npz'),
                    progress=False)
   b = bundle_lib.Bundle.load(bundle_dir)
   q, g = gallery.load(str(tmp_path / 'q.npz')), gallery.load(
@@ -421,24 +444,24 @@ def test_stream_exits_equal_tools_budgeted_on_embed_features(
            'gallery_pids': g.inputs.person, 'gallery_camids': g.inputs.camera}
   for side, f in (('query', q), ('gallery', g)):
     feats.update({f'{side}_{k}': v for k, v in f.embeddings.items()})
-  costs = [b.exit_costs[e] for e in anytime.EXITS]
+  costs = [b.exit_costs[e] for e in engine_lib.EXITS]
   budget = (costs[0] + costs[-1]) / 2
-  retrievals = stream.exit_retrievals(feats, anytime.EXITS)
+  retrievals = stream.exit_retrievals(feats, engine_lib.EXITS)
   conf = np.stack([retrievals[e].confidences(routing)
-                   for e in anytime.EXITS[:-1]], axis=1)
-  want = stream.route(conf, stream.conditional(
-      stream.exit_fractions(costs, budget)))
+                   for e in engine_lib.EXITS[:-1]], axis=1)
+  want = exits_lib.route(conf, exits_lib.conditional(
+      exits_lib.exit_fractions(costs, budget)))
   assert len(set(want.tolist())) >= 2
-  sim, = stream.simulate(feats, anytime.EXITS, costs, [budget], routing)
+  sim, = stream.simulate(feats, engine_lib.EXITS, costs, [budget], routing)
   runs = [(1, 'batch', 'jax'), (16, 'batch', 'jax'), (4, 'queued', 'jax')]
   if routing == 'distance':
     runs.append((8, 'queued', 'onnx'))
   for batch, mode, runtime in runs:
-    out = stream_tool.run_stream(
+    out = streaming.stream_files(
         bundle_dir, str(tmp_path / 'g.npz'), q_csv, budget=budget,
         routing=routing, batch=batch, mode=mode, runtime=runtime, topk=3,
         progress=False, json_out=str(tmp_path / f's{batch}{mode}.json'))
-    got = [anytime.EXITS.index(r['exit']) for r in out['queries']]
+    got = [engine_lib.EXITS.index(r['exit']) for r in out['queries']]
     np.testing.assert_array_equal(got, want)
     assert [r['path'] for r in out['queries']] == list(q.inputs.paths)
     s = out['summary']
@@ -450,6 +473,7 @@ def test_stream_exits_equal_tools_budgeted_on_embed_features(
         s['exit_fractions'], np.bincount(want, minlength=4) / len(want))
 
 
+@pytest.mark.slow
 def test_stream_cli_deadline_and_errors(made_up, tmp_path):
   _, _, bundle_dir, root = made_up
   cwd = tmp_path / 'elsewhere'
@@ -473,3 +497,43 @@ def test_stream_cli_deadline_and_errors(made_up, tmp_path):
   margin = _cli('stream', bundle_dir, f'--gallery={gal}', f'--queries={gal}',
                 '--budget=1e9', cwd=str(cwd))
   assert margin.returncode == 1 and '--routing=distance' in margin.stderr
+
+
+@pytest.mark.slow
+def test_full_budget_stream_answers_as_search(made_up, tmp_path):
+  """At a budget >= C_4 the engine answers every query with the fused
+  embedding, ranked under the bundle's protocol: its top-1 equals
+  tools/search's (queries at --tta=1, the stream's one view) for every
+  query. The bundle says eval.normalize=True (the dataset configs'
+  protocol), and the raw ranking answers some query differently, so the
+  test sees the protocol."""
+  _, _, bundle_dir, root = made_up
+  nb = str(tmp_path / 'bundle')
+  shutil.copytree(bundle_dir, nb)
+  with open(os.path.join(nb, 'bundle.json')) as f:
+    meta = json.load(f)
+  meta['search']['normalize'] = True
+  with open(os.path.join(nb, 'bundle.json'), 'w') as f:
+    json.dump(meta, f)
+  folder = str(tmp_path / 'crops')
+  _write_images(folder, [f'{i:03d}.png' for i in range(40)], seed=21,
+                size=(30, 14))
+  g_npz = str(tmp_path / 'g.npz')
+  gallery.embed_to_file(nb, folder, g_npz, progress=False)
+  queries = os.path.join(root, 'bounding_box_test')
+  q_npz = str(tmp_path / 'q.npz')
+  gallery.embed_to_file(nb, queries, q_npz, tta=1, progress=False)
+  b = bundle_lib.Bundle.load(nb)
+  searched = gallery.search_files(nb, g_npz, q_npz, topk=1, progress=False)
+  streamed = streaming.stream_files(
+      nb, g_npz, queries, budget=b.exit_costs['fused'] * 2,
+      routing='distance', batch=4, topk=1, progress=False)
+  assert [r['exit'] for r in streamed['queries']] == ['fused'] * 8
+  got = {r['path']: r['results'][0]['path'] for r in streamed['queries']}
+  want = {r['query']: r['results'][0]['path'] for r in searched}
+  assert len(want) == 8 and got == want
+  # The raw ranking (the defaults) differs for some query.
+  q, g = gallery.load(q_npz), gallery.load(g_npz)
+  raw = np.argmin(protocol_lib.Protocol().distances(
+      q.embeddings['fused'], g.embeddings['fused']), axis=1)
+  assert [g.inputs.paths[i] for i in raw] != [want[p] for p in q.inputs.paths]

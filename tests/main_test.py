@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ from dare_jax import builder
 from dare_jax import checkpointing
 from dare_jax import configlib
 from dare_jax import errors
-from dare_jax import evaluate
+from dare_jax import eval_mode
+from dare_jax.data import datasets
 from dare_jax import train
 from tests import metrics_reference
 
@@ -38,10 +40,11 @@ def _final_params(config, workdir):
   return jax.device_get(state.params), meta
 
 
-def test_train_writes_metrics_that_match_an_independent_evaluation(tmp_path):
-  config = _smoke(tmp_path)
-  workdir = str(tmp_path / 'run')
-  results = train.train_and_evaluate(config, workdir)
+@pytest.mark.slow
+def test_train_writes_metrics_that_match_an_independent_evaluation(
+    smoke_run, tmp_path):
+  config, workdir, results = (smoke_run.config(), smoke_run.workdir,
+                              smoke_run.results)
   with open(os.path.join(workdir, 'metrics.json')) as f:
     metrics = json.load(f)
   assert set(metrics) == set(EMBEDDINGS) | {'train_loss'}
@@ -69,14 +72,17 @@ def test_train_writes_metrics_that_match_an_independent_evaluation(tmp_path):
   for png in ('training.png', 'exits.png', 'ranked_lists.png'):
     assert os.path.getsize(os.path.join(workdir, png)) > 1000
 
-  # --mode=eval restores the checkpoint and reproduces the numbers.
-  again = evaluate.evaluate_checkpoint(config, workdir)
+  # --mode=eval restores the checkpoint and reproduces the numbers (in a
+  # copy: the shared run is read only).
+  again = eval_mode.evaluate_checkpoint(
+      config, shutil.copytree(workdir, str(tmp_path / 'again')))
   for name in EMBEDDINGS:
     np.testing.assert_allclose(again[name]['mAP'], metrics[name]['mAP'],
                                atol=1e-6)
   assert again['train_loss'] == metrics['train_loss']
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
   full = _smoke(tmp_path, num_steps=4)
   train.train_and_evaluate(full, str(tmp_path / 'full'))
@@ -99,6 +105,7 @@ def _main(workdir, *args, config='configs/smoke.py'):
           f'--workdir={workdir}', *args]
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes_from_the_last_checkpoint(tmp_path):
   workdir = tmp_path / 'run'
   cmd = _main(workdir, '--config.train.num_steps=200',
@@ -137,6 +144,7 @@ def test_unknown_config_field_is_named():
     configlib.validate(c)
 
 
+@pytest.mark.slow
 def test_unknown_override_on_the_command_line_fails_cleanly(tmp_path):
   r = subprocess.run(_main(tmp_path, '--config.train.num_step=3'), cwd=REPO,
                      capture_output=True, text=True, timeout=120)
@@ -144,11 +152,12 @@ def test_unknown_override_on_the_command_line_fails_cleanly(tmp_path):
   assert 'num_step' in r.stderr
 
 
+@pytest.mark.slow
 def test_missing_data_root_and_unimplemented_reader(tmp_path):
   c = default.get_config()
   c.data.root = str(tmp_path / 'nope')
   with pytest.raises(errors.DataNotFoundError, match='nope'):
-    evaluate.load_dataset(c)
+    datasets.load_dataset(c.data)
   r = subprocess.run(
       _main(tmp_path / 'w', f'--config.data.root={tmp_path}',
             config='configs/market.py'),
@@ -158,28 +167,27 @@ def test_missing_data_root_and_unimplemented_reader(tmp_path):
 
 
 def test_empty_split_is_refused(tmp_path, monkeypatch):
-  from dare_jax.data import datasets  # pylint: disable=g-import-not-at-top
   from dare_jax.data.types import ReidDataset, Split  # pylint: disable=g-import-not-at-top
   empty = Split(pids=np.zeros(0, np.int64), camids=np.zeros(0, np.int64),
                 images=np.zeros((0, 36, 18, 3), np.uint8))
-  monkeypatch.setattr(datasets, 'load_dataset',
+  monkeypatch.setattr(datasets, '_load',
                       lambda cfg: ReidDataset('empty', empty, empty, empty))
   with pytest.raises(errors.DataError, match='train split.*empty'):
-    evaluate.load_dataset(smoke.get_config())
+    datasets.load_dataset(smoke.get_config().data, nonempty=('train',))
 
 
-def test_workdir_of_a_different_model_is_refused(tmp_path):
-  config = _smoke(tmp_path, num_steps=2)
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
-  other = _smoke(tmp_path, num_steps=2)
+@pytest.mark.slow
+def test_workdir_of_a_different_model_is_refused(tmp_path, smoke_run):
+  workdir = shutil.copytree(smoke_run.workdir, str(tmp_path / 'run'))
+  other = smoke_run.config()
   other.model.width = 8
   with pytest.raises(checkpointing.WrongModelError, match='model.width'):
-    evaluate.evaluate_checkpoint(other, workdir)
+    eval_mode.evaluate_checkpoint(other, workdir)
   with pytest.raises(checkpointing.WrongModelError, match='model.width'):
     train.train_and_evaluate(other, workdir)
 
 
+@pytest.mark.slow
 def test_trinet_trains_and_reports_its_one_embedding(tmp_path):
   config = _smoke(tmp_path, num_steps=2)
   config.model.heads = 'trinet'
@@ -195,23 +203,26 @@ def test_trinet_trains_and_reports_its_one_embedding(tmp_path):
       'query_camids', 'query_pids', 'query_stage4']
 
 
-def test_eval_with_rerank_reports_both_rankings(tmp_path):
-  config = _smoke(tmp_path, num_steps=2)
-  workdir = str(tmp_path / 'rr')
-  train.train_and_evaluate(config, workdir)
+@pytest.mark.slow
+def test_eval_with_rerank_reports_both_rankings(tmp_path, smoke_run):
+  config = smoke_run.config()
+  workdir = shutil.copytree(smoke_run.workdir, str(tmp_path / 'rr'))
   config.eval.rerank = True
   config.eval.k1, config.eval.k2 = 6, 2
-  results = evaluate.evaluate_checkpoint(config, workdir)
+  results = eval_mode.evaluate_checkpoint(config, workdir)
   with open(os.path.join(workdir, 'metrics.json')) as f:
     saved = json.load(f)
   assert set(saved) == set(EMBEDDINGS) | {'train_loss', 'rerank'}
   assert set(saved['rerank']) == set(EMBEDDINGS)
   # The re-ranked figures are those of the shared features-file evaluator
   # (tests/evaluate_features_test.py checks it against the authors' code).
-  from dare_jax.evaluation import features as features_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from dare_jax.retrieval import features as features_lib
+  from dare_jax.retrieval import protocol as protocol_lib
+  # pylint: enable=g-import-not-at-top
   feats = features_lib.load_features(os.path.join(workdir, 'features.npz'))
-  want = features_lib.evaluate_features_file(feats, rerank=True, k1=6, k2=2,
-                                             lambda_value=0.3)
+  want = protocol_lib.Protocol(k1=6, k2=2, lambda_value=0.3).evaluate(
+      feats, reranked=True)
   for name in EMBEDDINGS:
     assert saved['rerank'][name]['mAP'] == pytest.approx(
         want[name]['mAP'], abs=1e-9)

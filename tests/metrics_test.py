@@ -190,6 +190,7 @@ def _assert_per_query_equal(got, expected):
   np.testing.assert_allclose(got['inp'], expected['inp'], atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('seed', [0, 1, 2])
 def test_random_matches_reference(seed, sort_path):
   del sort_path
@@ -214,6 +215,7 @@ def test_random_matches_reference(seed, sort_path):
       assert summary[key] == pytest.approx(value, abs=1e-6), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('seed', [3, 4])
 def test_ties_match_reference(seed, sort_path):
   del sort_path
@@ -402,6 +404,7 @@ def test_unknown_cameras_by_hand(sort_path):
   np.testing.assert_allclose(got['ap'], [(1 + 2 / 3) / 2, 1 / 2], atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('seed', [5, 6])
 def test_unknown_cameras_match_reference(seed, sort_path):
   del sort_path

@@ -40,8 +40,9 @@ def _model(depthwise='shift', conv1x1='dot', wm=1.0):
 
 
 def _init(model, h=H, w=W):
-  return jax.device_get(model.init(jax.random.key(0),
-                                   jnp.zeros((1, h, w, 3))))
+  # Jitted: one compiled program, not hundreds of small eager ones.
+  return jax.device_get(jax.jit(model.init)(jax.random.key(0),
+                                            jnp.zeros((1, h, w, 3))))
 
 
 def _torch_dare(seed=0, wm=1.0):
@@ -83,7 +84,7 @@ def _stage_maps(model, variables, x):
                               norm=_eval_norm)
   v = {'params': variables['params']['backbone'],
        'batch_stats': variables['batch_stats']['backbone']}
-  return net.apply(v, x)
+  return jax.jit(net.apply)(v, x)
 
 
 def _eval_norm(**kw):
@@ -104,7 +105,7 @@ def _compare(net, model, variables, x_nhwc):
     want = [e.numpy() for e in net(xt)]
   with jax.default_matmul_precision('highest'):
     got_maps = _stage_maps(model, variables, x_nhwc)
-    got = model.apply(variables, x_nhwc)
+    got = jax.jit(model.apply)(variables, x_nhwc)
   for s in range(4):
     assert got_maps[s].shape == want_maps[s].shape
     assert _rel(got_maps[s], want_maps[s]) < TOL, s
@@ -112,6 +113,7 @@ def _compare(net, model, variables, x_nhwc):
     assert _rel(got[name], want[s]) < TOL, name
 
 
+@pytest.mark.slow
 def test_layout_channels_resolutions_and_parameter_count():
   model = _model()
   v = _init(model, 128, 64)
@@ -131,6 +133,7 @@ def test_layout_channels_resolutions_and_parameter_count():
 
 @pytest.mark.parametrize('depthwise,conv1x1', [('shift', 'dot'),
                                                ('conv', 'conv')])
+@pytest.mark.slow
 def test_parity_with_pytorch_on_random_weights(depthwise, conv1x1):
   net = _torch_dare(seed=1)
   model = _model(depthwise, conv1x1)
@@ -139,6 +142,7 @@ def test_parity_with_pytorch_on_random_weights(depthwise, conv1x1):
   _compare(net, model, variables, x)
 
 
+@pytest.mark.slow
 def test_parity_at_width_multiplier_half_and_odd_input():
   net = _torch_dare(seed=2, wm=0.5)
   model = _model(wm=0.5)
@@ -147,6 +151,7 @@ def test_parity_at_width_multiplier_half_and_odd_input():
   _compare(net, model, variables, x)
 
 
+@pytest.mark.slow
 def test_formulations_share_parameters_and_values():
   """'shift'/'dot' and 'conv'/'conv' have one parameter tree, and the same
   training-mode loss and gradients on it, in float64 (in float32 the
@@ -166,29 +171,32 @@ def test_formulations_share_parameters_and_values():
                            mutable=['batch_stats'])
       return sum(jnp.sum(jnp.sin(e)) for e in out.values())
 
-    la, ga = jax.value_and_grad(loss)(v['params'],
-                                      fast.clone(dtype=jnp.float64))
-    lb, gb = jax.value_and_grad(loss)(v['params'],
-                                      conv.clone(dtype=jnp.float64))
+    grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    la, ga = grad(v['params'], fast.clone(dtype=jnp.float64))
+    lb, gb = grad(v['params'], conv.clone(dtype=jnp.float64))
   np.testing.assert_allclose(la, lb, rtol=1e-12)
   scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(gb))
   for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * scale)
 
 
+@pytest.mark.slow
 def test_stage_continuation_equals_the_full_forward():
   model = _model()
   v = _init(model)
   x = jax.random.normal(jax.random.key(4), (2, H, W, 3))
-  full = model.apply(v, x)
-  emb, carry = model.apply(v, x, num_exits=2, return_carry=True)
-  rest = model.apply(v, carry, first_exit=3, num_exits=4)
+  apply = jax.jit(model.apply, static_argnames=('first_exit', 'num_exits',
+                                                'return_carry'))
+  full = apply(v, x)
+  emb, carry = apply(v, x, num_exits=2, return_carry=True)
+  rest = apply(v, carry, first_exit=3, num_exits=4)
   for name in ('stage1', 'stage2'):
     np.testing.assert_allclose(emb[name], full[name], rtol=1e-5, atol=1e-6)
   for name in ('stage3', 'stage4'):
     np.testing.assert_allclose(rest[name], full[name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_costs_count_the_depthwise_convolutions_in_both_formulations():
   """Mul-Adds of the stem and features[1] at 64x32, counted by hand: the
   traced count must not lose the shifted multiply-adds."""
@@ -211,6 +219,7 @@ def _shared_state_dict():
   return weights.read_state_dict(SHARED_FILE)
 
 
+@pytest.mark.slow
 @needs_shared
 def test_parity_with_pytorch_on_the_shared_imagenet_weights():
   net = _torch_dare(seed=5)
@@ -299,11 +308,12 @@ def test_an_absent_weights_file_is_refused_by_name(tmp_path):
   builder.check_pretrained(c.model)  # from scratch on purpose
 
 
+@pytest.mark.slow
 def test_onnx_export_equals_the_jax_forward():
   """The bundle's ONNX model (depthwise convolutions as grouped Conv nodes,
   dare.for_onnx) and the anytime stages in onnxruntime give the CPU
   formulation's embeddings."""
-  from dare_jax.inference import anytime  # pylint: disable=g-import-not-at-top
+  from dare_jax.inference import engine as engine_lib  # pylint: disable=g-import-not-at-top
   from dare_jax.inference import bundle  # pylint: disable=g-import-not-at-top
   model = _model('shift', 'dot')
   v = _init(model)
@@ -314,7 +324,7 @@ def test_onnx_export_equals_the_jax_forward():
       bundle.export_onnx(model, v, (H, W))))(x)
   for name in dare.EMBEDDINGS:
     assert _rel(got[name], want[name]) < 1e-5, name
-  runner = anytime.OnnxStageRunner(model, v, (H, W), max_batch=4)
+  runner = engine_lib.OnnxStageRunner(model, v, (H, W), max_batch=4)
   carry, embs = runner.pad(x), []
   for s in range(1, 5):
     carry, e = runner.stage(s, carry)
@@ -322,6 +332,7 @@ def test_onnx_export_equals_the_jax_forward():
   assert _rel(runner.fuse(*embs), want['fused']) < 1e-5
 
 
+@pytest.mark.slow
 @needs_shared
 def test_convert_weights_reads_the_nested_layout(tmp_path):
   """tools/convert_weights on torchvision's nested file writes the flat

@@ -83,6 +83,7 @@ def _load(workdir):
   return metrics, dict(np.load(os.path.join(workdir, 'features.npz')))
 
 
+@pytest.mark.slow
 def test_two_processes_resume_train_and_evaluate_like_one(tmp_path):
   config = smoke.get_config()
   cache = str(tmp_path / 'cache')

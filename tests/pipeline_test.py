@@ -12,7 +12,7 @@ from PIL import Image
 
 from dare_jax import errors
 from dare_jax.data import augment
-from dare_jax.data import pipeline
+from dare_jax.data import numpy_pipeline as pipeline
 from dare_jax.data import spec
 from dare_jax.data.types import Split
 
@@ -279,7 +279,7 @@ def test_no_hang_at_exit_with_a_running_pipeline():
   # still exit promptly (daemon producer, worker pool shut down at exit).
   code = '''
 import numpy as np
-from dare_jax.data import pipeline
+from dare_jax.data import numpy_pipeline as pipeline
 from dare_jax.data import spec
 from dare_jax.data.types import Split
 pipeline.default_workers = lambda: 3
@@ -415,7 +415,7 @@ def test_empty_eval_split(pipe):
 
 
 def test_numpy_side_never_imports_tensorflow():
-  code = ('import sys; import dare_jax.data.pipeline, dare_jax.data.augment, '
+  code = ('import sys; import dare_jax.data.numpy_pipeline, dare_jax.data.augment, '
           'dare_jax.data.sampler, dare_jax.data.device_ops; '
           "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@ from dare_jax import configlib
 from dare_jax import errors
 from dare_jax.data import datasets
 from dare_jax.data.readers import msmt17
-from tests.readers_image_test import write_image
+from tests.image_trees import write_image
 
 # list file -> lines `RELATIVE_PATH PID`, as the releases write them.
 LISTS = {

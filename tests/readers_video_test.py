@@ -310,6 +310,7 @@ def test_mars_real_info_files_parse():
   assert train[-1, 1] == 509914 and test[-1, 1] == 681089
 
 
+@pytest.mark.slow
 def test_mars_real_info_files_end_to_end(tmp_path):
   """read_mars on the real split files, with name lists made up to match
   them (one name per frame of each track) and empty person folders."""

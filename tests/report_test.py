@@ -2,8 +2,10 @@
 
 import json
 import os
+import shutil
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,12 +14,13 @@ from configs import market
 from configs import smoke
 from dare_jax import builder
 from dare_jax import errors
+from dare_jax import eval_mode
 from dare_jax import optim
 from dare_jax import train
 from dare_jax.budget import costs
-from dare_jax.budget import figures
+from dare_jax.figures import budget as figures
 from dare_jax.budget import report
-from dare_jax.evaluation import features as features_lib
+from dare_jax.retrieval import features as features_lib
 from dare_jax.evaluation import metrics as metrics_lib
 from tests import stream_reference as ref
 
@@ -30,20 +33,23 @@ FIGURES = ('fig3_exits.png', 'fig5_anytime.png', 'fig5_anytime_map.png',
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, smoke_run):
+  """The DaRe: a copy of the session's smoke run (its report is written into
+  it); the TriNet baseline trained here."""
   tmp = tmp_path_factory.mktemp('runs')
-  out = {}
-  for name, heads, width in (('dare', 'dare', 4), ('tri', 'trinet', 2)):
-    c = smoke.get_config()
-    c.data.cache_dir = str(tmp / 'cache')
-    c.model.heads, c.model.width = heads, width
-    c.train.num_steps = 4
-    c.budget.num_budgets = 5
-    train.train_and_evaluate(c, str(tmp / name))
-    out[name] = (c, str(tmp / name))
+  c = smoke_run.config()
+  c.budget.num_budgets = 5
+  out = {'dare': (c, shutil.copytree(smoke_run.workdir, str(tmp / 'dare')))}
+  c = smoke_run.config()
+  c.data.cache_dir = str(tmp / 'cache')
+  c.model.heads, c.model.width = 'trinet', 2
+  c.budget.num_budgets = 5
+  train.train_and_evaluate(c, str(tmp / 'tri'))
+  out['tri'] = (c, str(tmp / 'tri'))
   return out
 
 
+@pytest.mark.slow
 def test_report_files_and_numbers(runs):
   config, workdir = runs['dare']
   # The same TriNet twice: the ensemble's second answer costs both.
@@ -98,6 +104,7 @@ def test_report_files_and_numbers(runs):
       np.dot([8, 4, 2, 1], c_s) / 15, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_main_budget_mode_and_trinet_refusal(runs):
   config, workdir = runs['tri']
   with pytest.raises(errors.DataError, match='needs a DaRe'):
@@ -152,3 +159,29 @@ def test_trinet_config_uses_trinets_schedule(depth):
     tf_lr = 3e-4 * 0.001 ** (max(0, step - 15000) / 10000)
     assert float(lr(step)) == pytest.approx(tf_lr, rel=1e-5)
     assert float(b1(step)) == pytest.approx(0.9 if step < 15000 else 0.5)
+
+
+@pytest.mark.slow
+def test_report_scores_as_the_run_did(runs, tmp_path):
+  """The protocol travels in features.npz: a run evaluated with
+  eval.normalize=True (the dataset configs' protocol) gets a budget report
+  whose fused Rank-1 and mAP at the full budget (C_4) equal its
+  metrics.json's, even under a config that does not normalise; the raw
+  ranking's numbers differ (so the test sees the protocol)."""
+  c, workdir = runs['dare']
+  run = str(tmp_path / 'run')
+  shutil.copytree(workdir, run)
+  normalized = ml_collections.ConfigDict(c.to_dict())
+  normalized.eval.normalize = True
+  eval_mode.evaluate_checkpoint(normalized, run)
+  with open(os.path.join(run, 'metrics.json')) as f:
+    metrics = json.load(f)
+  data = report.compute_report(c, run)  # c: eval.normalize=False
+  for routing, results in data.report['stream']['results'].items():
+    full = results[-1]
+    assert full['exit_fractions'][-1] == 1.0, routing
+    assert full['rank1'] == pytest.approx(metrics['fused']['rank1'], abs=1e-9)
+    assert full['mAP'] == pytest.approx(metrics['fused']['mAP'], abs=1e-9)
+  raw = metrics['unnormalized']['fused']
+  assert (raw['rank1'], raw['mAP']) != (metrics['fused']['rank1'],
+                                        metrics['fused']['mAP'])

@@ -61,6 +61,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('data,k1,k2,lambda_value,normalize,chunk', CASES)
 def test_rerank_features_matches_authors(data, k1, k2, lambda_value,
                                          normalize, chunk):
@@ -105,6 +106,7 @@ def test_rerank_distances_matches_authors():
   np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_rerank_improves_map_on_clustered_features():
   q, g, q_pids, q_cams, g_pids, g_cams = _clustered(3, noise=1.0)
   plain = metrics.evaluate_ranking(metrics.pairwise_distances(q, g), q_pids,

@@ -10,7 +10,7 @@ import pytest
 
 from dare_jax import defaults
 from dare_jax import errors
-from dare_jax.data import pipeline
+from dare_jax.data import numpy_pipeline as pipeline
 from dare_jax.data import sampler
 from dare_jax.data import spec
 

@@ -10,6 +10,7 @@ import pytest
 
 from dare_jax.budget import stream
 from dare_jax.evaluation import metrics
+from dare_jax.retrieval import exits as exits_lib
 from tests import metrics_reference as mref
 from tests import stream_reference as ref
 
@@ -41,7 +42,7 @@ def test_expected_cost_equals_the_budget():
     budgets += [costs[0] * (1 + 1e-9), costs[-1] * (1 - 1e-9)]
     budgets += list(costs[1:-1])  # exactly one exit's cost
     for b in budgets:
-      p = stream.exit_fractions(costs, b)
+      p = exits_lib.exit_fractions(costs, b)
       assert p.shape == costs.shape
       assert np.all(p >= 0)
       assert p.sum() == pytest.approx(1.0, abs=1e-12)
@@ -57,7 +58,7 @@ def test_fractions_match_np_roots():
   rng = np.random.default_rng(2)
   for costs in _cost_vectors(15, seed=3):
     for b in rng.uniform(costs[0], costs[-1], 10):
-      np.testing.assert_allclose(stream.exit_fractions(costs, b),
+      np.testing.assert_allclose(exits_lib.exit_fractions(costs, b),
                                  ref.fractions(costs, b), rtol=1e-6,
                                  atol=1e-12)
 
@@ -65,26 +66,26 @@ def test_fractions_match_np_roots():
 def test_boundary_budgets():
   c = np.array(COSTS, float)
   for b in (0.0, 1.0, c[0]):
-    np.testing.assert_array_equal(stream.exit_fractions(c, b), [1, 0, 0, 0])
-    np.testing.assert_array_equal(stream.random_fractions(c, b), [1, 0, 0, 0])
+    np.testing.assert_array_equal(exits_lib.exit_fractions(c, b), [1, 0, 0, 0])
+    np.testing.assert_array_equal(exits_lib.random_fractions(c, b), [1, 0, 0, 0])
   for b in (c[-1], 2 * c[-1]):
-    np.testing.assert_array_equal(stream.exit_fractions(c, b), [0, 0, 0, 1])
-    np.testing.assert_array_equal(stream.random_fractions(c, b), [0, 0, 0, 1])
-  np.testing.assert_array_equal(stream.exit_fractions([5.0], 3.0), [1.0])
-  np.testing.assert_array_equal(stream.conditional([1, 0, 0, 0]),
+    np.testing.assert_array_equal(exits_lib.exit_fractions(c, b), [0, 0, 0, 1])
+    np.testing.assert_array_equal(exits_lib.random_fractions(c, b), [0, 0, 0, 1])
+  np.testing.assert_array_equal(exits_lib.exit_fractions([5.0], 3.0), [1.0])
+  np.testing.assert_array_equal(exits_lib.conditional([1, 0, 0, 0]),
                                 [1, 1, 1, 1])
-  np.testing.assert_array_equal(stream.conditional([0, 0, 0, 1]),
+  np.testing.assert_array_equal(exits_lib.conditional([0, 0, 0, 1]),
                                 [0, 0, 0, 1])
 
 
 def test_random_fractions_share_the_neighbouring_exits():
   c = np.array([1.0, 2.0, 4.0, 8.0])
-  np.testing.assert_allclose(stream.random_fractions(c, 3.0), [0, .5, .5, 0])
-  np.testing.assert_allclose(stream.random_fractions(c, 2.0), [0, 1, 0, 0])
-  np.testing.assert_allclose(stream.random_fractions(c, 7.0),
+  np.testing.assert_allclose(exits_lib.random_fractions(c, 3.0), [0, .5, .5, 0])
+  np.testing.assert_allclose(exits_lib.random_fractions(c, 2.0), [0, 1, 0, 0])
+  np.testing.assert_allclose(exits_lib.random_fractions(c, 7.0),
                              [0, 0, .25, .75])
   for b in np.linspace(1, 8, 29):
-    p = stream.random_fractions(c, b)
+    p = exits_lib.random_fractions(c, b)
     assert float(p @ c) == pytest.approx(b)
     np.testing.assert_allclose(p, ref.random_fractions(c, b))
 
@@ -92,15 +93,15 @@ def test_random_fractions_share_the_neighbouring_exits():
 def test_conditional_matches_the_reference():
   for costs in _cost_vectors(10, seed=4):
     for b in np.linspace(costs[0], costs[-1], 7):
-      p = stream.exit_fractions(costs, b)
-      np.testing.assert_allclose(stream.conditional(p), ref.conditional(p),
+      p = exits_lib.exit_fractions(costs, b)
+      np.testing.assert_allclose(exits_lib.conditional(p), ref.conditional(p),
                                  rtol=1e-12)
 
 
 @pytest.mark.parametrize('costs', [[1, 1, 2], [2, 1], [0, 1], [1, np.nan]])
 def test_bad_costs(costs):
   with pytest.raises(ValueError, match='costs'):
-    stream.exit_fractions(costs, 1.5)
+    exits_lib.exit_fractions(costs, 1.5)
 
 
 # ----------------------------------------------------------------------------
@@ -143,7 +144,7 @@ def test_confidences_match_the_reference(kind):
   feats = _features()
   ids = _ids(feats)
   for dist in _dists(feats):
-    got = stream.confidences(dist, *ids, kind=kind)
+    got = exits_lib.confidences(dist, *ids, kind=kind)
     want = ref.confidence(dist, *ids, kind)
     np.testing.assert_array_equal(got, want)
 
@@ -155,18 +156,18 @@ def test_confidence_edge_cases():
   # of one identity left -> margin +inf; query 1 (pid 7): top-1 is g1.
   q_pids, q_cams = np.array([5, 7]), np.array([1, 0])
   np.testing.assert_array_equal(
-      stream.confidences(dist, q_pids, q_cams, g_pids, g_cams, 'distance'),
+      exits_lib.confidences(dist, q_pids, q_cams, g_pids, g_cams, 'distance'),
       [-3.0, -1.0])
   np.testing.assert_array_equal(
-      stream.confidences(dist, q_pids, q_cams, g_pids, g_cams, 'margin'),
+      exits_lib.confidences(dist, q_pids, q_cams, g_pids, g_cams, 'margin'),
       [np.inf, np.inf])
   g_pids = np.array([-1, 5, 6])
   np.testing.assert_array_equal(
-      stream.confidences(dist, q_pids, q_cams, g_pids, g_cams, 'margin'),
+      exits_lib.confidences(dist, q_pids, q_cams, g_pids, g_cams, 'margin'),
       [np.inf, 1.0])  # q0: only g2 (pid 6) is left; q1: 2 - 1
   # Nothing left at all: the least confident.
   np.testing.assert_array_equal(
-      stream.confidences(dist[:1, :1], [5], [1], [-1], [0], 'margin'),
+      exits_lib.confidences(dist[:1, :1], [5], [1], [-1], [0], 'margin'),
       [-np.inf])
 
 
@@ -175,26 +176,27 @@ def test_route_hand_made():
   conf = np.array([[0.5], [0.9], [0.1], [0.7], [0.3]])
   # q0: [.5] -> t .5, leaves. q1: [.9 .5] t=.9 leaves. q2: [.9 .5 .1] t=.5
   # stays. q3: [.9 .7 .5 .1] t=.7 leaves. q4: [.9 .7 .5 .3 .1] t=.5 stays.
-  np.testing.assert_array_equal(stream.route(conf, [0.5, 1.0]),
+  np.testing.assert_array_equal(exits_lib.route(conf, [0.5, 1.0]),
                                 [0, 0, 1, 0, 1])
-  np.testing.assert_array_equal(stream.route(conf, [0.0, 1.0]), [1] * 5)
-  np.testing.assert_array_equal(stream.route(conf, [1.0, 1.0]), [0] * 5)
+  np.testing.assert_array_equal(exits_lib.route(conf, [0.0, 1.0]), [1] * 5)
+  np.testing.assert_array_equal(exits_lib.route(conf, [1.0, 1.0]), [0] * 5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['distance', 'margin'])
 @pytest.mark.parametrize('seed', [0, 1])
 def test_routing_matches_the_reference(kind, seed):
   feats = _features(seed)
   ids = _ids(feats)
   dists = _dists(feats)
-  conf = [stream.confidences(d, *ids, kind=kind) for d in dists[:-1]]
+  conf = [exits_lib.confidences(d, *ids, kind=kind) for d in dists[:-1]]
   conf_ref = [ref.confidence(d, *ids, kind) for d in dists[:-1]]
   budgets = np.concatenate([[COSTS[0] * 0.5, COSTS[0], COSTS[-1]],
                             np.linspace(COSTS[0], COSTS[-1], 9)[1:-1]])
   spread = set()
   for b in budgets:
-    pi = stream.conditional(stream.exit_fractions(COSTS, b))
-    got = stream.route(np.stack(conf, axis=1), pi)
+    pi = exits_lib.conditional(exits_lib.exit_fractions(COSTS, b))
+    got = exits_lib.route(np.stack(conf, axis=1), pi)
     want = ref.route(conf_ref, ref.conditional(ref.fractions(COSTS, b)))
     np.testing.assert_array_equal(got, want)
     spread.add(len(set(got.tolist())))
@@ -227,21 +229,21 @@ def test_realised_cost_tracks_the_budget():
 def test_random_routing_fractions_and_determinism():
   c = np.array(COSTS, float)
   for b in (0.8e9, 1.6e9, 2.4e9):
-    p = stream.random_fractions(c, b)
-    exit_q = stream.route_random(20000, stream.conditional(p), rng=3)
+    p = exits_lib.random_fractions(c, b)
+    exit_q = exits_lib.route_random(20000, exits_lib.conditional(p), rng=3)
     got = np.bincount(exit_q, minlength=4) / exit_q.size
     np.testing.assert_allclose(got, p, atol=0.015)
     assert set(np.flatnonzero(got)) <= set(np.flatnonzero(p))
-  pi = stream.conditional(stream.random_fractions(c, 1.6e9))
-  np.testing.assert_array_equal(stream.route_random(500, pi, rng=7),
-                                stream.route_random(500, pi, rng=7))
-  assert not np.array_equal(stream.route_random(500, pi, rng=7),
-                            stream.route_random(500, pi, rng=8))
+  pi = exits_lib.conditional(exits_lib.random_fractions(c, 1.6e9))
+  np.testing.assert_array_equal(exits_lib.route_random(500, pi, rng=7),
+                                exits_lib.route_random(500, pi, rng=7))
+  assert not np.array_equal(exits_lib.route_random(500, pi, rng=7),
+                            exits_lib.route_random(500, pi, rng=8))
   # An int seed is a fresh default_rng(seed): one budget's block is
   # default_rng(seed).random((Q, S)) (the anytime engine draws the same).
   np.testing.assert_array_equal(
-      stream.route_random(500, pi, rng=7),
-      stream.route_random(500, pi, rng=np.random.default_rng(7)))
+      exits_lib.route_random(500, pi, rng=7),
+      exits_lib.route_random(500, pi, rng=np.random.default_rng(7)))
   feats = _features()
   a = stream.simulate(feats, EXITS, COSTS, [1.6e9], routing='random', seed=4)
   b = stream.simulate(feats, EXITS, COSTS, [1.6e9], routing='random', seed=4)
@@ -256,12 +258,12 @@ def test_random_routing_draws_fresh_uniforms_per_budget():
   num_q = feats['query_pids'].size
   # The same budget twice: the same fractions, different draws.
   budgets = [1.6e9, 1.6e9, 0.8e9, 2.4e9, COSTS[-1]]
-  pis = [stream.conditional(stream.random_fractions(COSTS, b))
+  pis = [exits_lib.conditional(exits_lib.random_fractions(COSTS, b))
          for b in budgets]
   want = ref.route_random(num_q, [ref.conditional(ref.random_fractions(
       COSTS, b)) for b in budgets], seed=5)
   rng = np.random.default_rng(5)
-  got = [stream.route_random(num_q, pi, rng) for pi in pis]
+  got = [exits_lib.route_random(num_q, pi, rng) for pi in pis]
   for g, w in zip(got, want):
     np.testing.assert_array_equal(g, w)
   assert not np.array_equal(got[0], got[1])
@@ -279,20 +281,20 @@ def test_random_routing_draws_fresh_uniforms_per_budget():
 
 
 def test_q_fractions_and_the_authors_fig8_budget():
-  np.testing.assert_allclose(stream.q_fractions(4, 0.5),
+  np.testing.assert_allclose(exits_lib.q_fractions(4, 0.5),
                              np.array([8, 4, 2, 1]) / 15, rtol=1e-15)
-  np.testing.assert_array_equal(stream.q_fractions(3, 1.0), [1 / 3] * 3)
+  np.testing.assert_array_equal(exits_lib.q_fractions(3, 1.0), [1 / 3] * 3)
   # budgeted_stream/README.md: q = 0.5 is budget 1030203460.27 with their
   # Caffe counts (budgeted_stream/main.py, FLOPs).
   flops = np.array([523568640, 1150094336, 2060915200, 2542295040], float)
-  assert float(stream.q_fractions(4, 0.5) @ flops) == pytest.approx(
+  assert float(exits_lib.q_fractions(4, 0.5) @ flops) == pytest.approx(
       1030203460.27, abs=0.01)
   # eq. 3 from that budget gives back q = 0.5.
-  np.testing.assert_allclose(stream.exit_fractions(flops, 1030203460.2666),
-                             stream.q_fractions(4, 0.5), rtol=1e-6)
+  np.testing.assert_allclose(exits_lib.exit_fractions(flops, 1030203460.2666),
+                             exits_lib.q_fractions(4, 0.5), rtol=1e-6)
   for bad in (0.0, -1.0, np.inf, np.nan):
     with pytest.raises(ValueError, match='q must be positive'):
-      stream.q_fractions(4, bad)
+      exits_lib.q_fractions(4, bad)
 
 
 def test_easy_hard_hand_made():
@@ -315,7 +317,7 @@ def test_easy_hard_hand_made():
   feats = _features(1)
   ids = _ids(feats)
   dists = _dists(feats)
-  conf = np.stack([stream.confidences(d, *ids, kind='distance')
+  conf = np.stack([exits_lib.confidences(d, *ids, kind='distance')
                    for d in dists[:-1]], 1)
   got = stream.easy_hard_exits(conf, 4)
   want = ref.easy_hard([ref.confidence(d, *ids, 'distance')
@@ -344,6 +346,7 @@ def _cli(*args):
                         timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path):
   feats = _features(5, num_q=60, num_g=120)
   path = tmp_path / 'features.npz'
@@ -388,6 +391,7 @@ def test_cli_end_to_end(tmp_path):
     (['--costs=1,2,3,4', '--budgets=2', '--seed=x'], '--seed'),
     (['--costs=1,2', '--budgets=2', '--exits=stage1,nope'], 'nope'),
 ])
+@pytest.mark.slow
 def test_cli_bad_flags_are_one_line(tmp_path, args, message):
   path = tmp_path / 'features.npz'
   np.savez(path, **_features(num_q=10, num_g=20))

@@ -86,6 +86,7 @@ def _reference(config):
   return jax.device_get(grads), jax.device_get(stats), float(loss)
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one_device_and_the_global_reference():
   config = _config()
   assert len(jax.devices()) == 8, 'conftest.py forces 8 CPU devices'
@@ -116,6 +117,7 @@ def test_batch_not_divisible_by_devices_is_refused():
   configlib.validate(config, num_devices=3)
 
 
+@pytest.mark.slow
 def test_train_step_compiles_once_and_copies_nothing_but_the_batch():
   """No retracing after the first step (the state the step returns has the
   shardings and types of the one it was given), and, once the batch is on

@@ -3,13 +3,15 @@
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 import scipy.io
 
 from configs import smoke
 from dare_jax import builder
-from dare_jax import evaluate
+from dare_jax import eval_mode
 from dare_jax import train
+from dare_jax.data import datasets
 from dare_jax.data.types import ReidDataset
 
 # (person folder, camera, tracklet, frames) per track; '00-1' junk, '0000'
@@ -61,9 +63,9 @@ def _config(tmp_path):
 def test_tracklet_embeddings_are_the_mean_of_their_frames(tmp_path):
   config = _config(tmp_path)
   built = builder.build(config)
-  dataset = evaluate.load_dataset(config)
+  dataset = datasets.load_dataset(config.data)
   variables = builder.variables(built.init_state())
-  feats = evaluate.embed_dataset(config, built.model, variables, dataset,
+  feats = eval_mode.embed_dataset(config, built.model, variables, dataset,
                                  built.mesh)
   # Reference: every frame embedded as a plain image split, then averaged
   # per tracklet by an explicit loop over the tracks of the split files.
@@ -74,7 +76,7 @@ def test_tracklet_embeddings_are_the_mean_of_their_frames(tmp_path):
                      paths=ds.query.paths),
       type(ds.gallery)(pids=ds.gallery.pids, camids=ds.gallery.camids,
                        paths=ds.gallery.paths))
-  per_frame = evaluate.embed_dataset(config, built.model, variables, frames,
+  per_frame = eval_mode.embed_dataset(config, built.model, variables, frames,
                                      built.mesh)
   test_rows = {'gallery': list(range(len(_TEST))),
                'query': [i - 1 for i in _QUERY_IDX]}
@@ -93,7 +95,7 @@ def test_tracklet_embeddings_are_the_mean_of_their_frames(tmp_path):
                                    rtol=1e-5, atol=1e-6)
   # At most 2 frames a tracklet: the first and the last of each.
   config.eval.max_tracklet_frames = 2
-  few = evaluate.embed_dataset(config, built.model, variables, dataset,
+  few = eval_mode.embed_dataset(config, built.model, variables, dataset,
                                built.mesh)
   t = 5  # gallery track ('0004', 3, 2, 4 frames) starts at frame 10
   s = sum(x[3] for x in _TEST[:t])
@@ -102,6 +104,7 @@ def test_tracklet_embeddings_are_the_mean_of_their_frames(tmp_path):
       per_frame['gallery_fused'][[s, s + 3]].mean(0), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mars_trains_and_evaluates_per_tracklet(tmp_path):
   config = _config(tmp_path)
   results = train.train_and_evaluate(config, str(tmp_path / 'run'))

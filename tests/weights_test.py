@@ -122,6 +122,7 @@ def torch_nets(tmp_path_factory):
               tv_path=tv_path, dare_path=dare_path)
 
 
+@pytest.mark.slow
 def test_torchvision_resnet50_stage_maps_equal_pytorch(torch_nets, forward50):
   model, run = forward50
   variables = _random_variables(model)
@@ -190,6 +191,7 @@ def test_torchvision_basic_block_resnet_stage_maps_equal_pytorch(
     assert _rel_err(a, b) <= REL, (s, _rel_err(a, b))
 
 
+@pytest.mark.slow
 def test_batch_hard_soft_margin_and_gradient_equal_authors_trinet_loss():
   torch = pytest.importorskip('torch')
   from dare_jax.references import torch_dare as tr  # pylint: disable=g-import-not-at-top
@@ -391,6 +393,7 @@ def test_missing_file_and_unknown_format_are_config_errors(tmp_path, r18):
 
 # ------------------------------------------------ --config.model.pretrained.
 
+@pytest.mark.slow
 def test_model_pretrained_initialises_the_backbone(tmp_path):
   from dare_jax import builder  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
@@ -416,6 +419,7 @@ def test_model_pretrained_initialises_the_backbone(tmp_path):
 
 # ------------------------------------------------------ tools/convert_weights.
 
+@pytest.mark.slow
 def test_convert_weights_writes_the_npz_and_an_evaluable_checkpoint(tmp_path):
   from dare_jax import builder  # pylint: disable=g-import-not-at-top
   from dare_jax.tools import convert_weights  # pylint: disable=g-import-not-at-top
@@ -443,6 +447,7 @@ def test_convert_weights_writes_the_npz_and_an_evaluable_checkpoint(tmp_path):
     convert_weights.convert(config, src, out_dir, full=True)
 
 
+@pytest.mark.slow
 def test_convert_weights_cli_reports_a_bad_file_in_one_line(tmp_path):
   import subprocess  # pylint: disable=g-import-not-at-top
   src = _save(tmp_path, {'conv1.weight': np.zeros((3, 3), np.float32)})
@@ -468,6 +473,7 @@ TORCHVISION_DENSENET_NO_FC = {121: 7_978_856 - 1_025_000,
                               161: 28_681_000 - 2_209_000}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('depth', [121, 169, 201, 161])
 def test_densenet_parameter_count_matches_torchvision(depth):
   model = _model(depth, backbone='densenet')
@@ -509,6 +515,7 @@ def densenet_nets(tmp_path_factory):
               run=_forward(model))
 
 
+@pytest.mark.slow
 def test_torchvision_densenet121_file_loads_and_matches_pytorch(
     densenet_nets):
   n = densenet_nets
@@ -570,6 +577,7 @@ def _compile_free_init_state(config, model, tx, mesh):
                         distributed.replicated(mesh))
 
 
+@pytest.mark.slow
 def test_densenet201_file_through_model_pretrained_equals_pytorch(
     tmp_path, monkeypatch):
   """--config.model.backbone=densenet --config.model.depth=201
@@ -620,6 +628,7 @@ def test_densenet201_file_through_model_pretrained_equals_pytorch(
 
 # ------------------------------- the authors' checkpoint through --mode=eval.
 
+@pytest.mark.slow
 def test_authors_checkpoint_converted_and_evaluated_equals_pytorch_tencrop(
     tmp_path):
   """checkpoint.pth.tar -> convert_weights --full -> --mode=eval: the
@@ -628,7 +637,7 @@ def test_authors_checkpoint_converted_and_evaluated_equals_pytorch_tencrop(
   Normalize(ImageNet), their DaRe, the mean over the 10 views."""
   torch = pytest.importorskip('torch')
   from dare_jax.references import torch_dare as tr  # pylint: disable=g-import-not-at-top
-  from dare_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from dare_jax import eval_mode  # pylint: disable=g-import-not-at-top
   from dare_jax.data import augment  # pylint: disable=g-import-not-at-top
   from dare_jax.data import datasets  # pylint: disable=g-import-not-at-top
   from dare_jax.data import spec  # pylint: disable=g-import-not-at-top
@@ -652,7 +661,7 @@ def test_authors_checkpoint_converted_and_evaluated_equals_pytorch_tencrop(
   out = convert_weights.convert(config, src, workdir, full=True)
   assert out['loaded'] == 'full'
   with jax.default_matmul_precision('highest'):
-    results = evaluate.evaluate_checkpoint(config, workdir)
+    results = eval_mode.evaluate_checkpoint(config, workdir)
   assert set(dare.EMBEDDINGS) <= set(results)
   with np.load(os.path.join(workdir, 'features.npz')) as f:
     feats = {k: f[k] for k in f.files}

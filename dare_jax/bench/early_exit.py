@@ -1,6 +1,6 @@
-r"""Benchmark: the wall-clock time real early exit saves (inference/anytime).
+r"""Benchmark: the wall-clock time real early exit saves (inference/engine).
 
-  python -m dare_jax.bench.anytime --config=configs/market.py \
+  python -m dare_jax.bench.early_exit --config=configs/market.py \
       [--batch=1,8] [--budgets=0.25,0.5,0.75] [--routing=margin] \
       [--queries=64] [--gallery=1000] [--runtime=jax,onnx] [--json=PATH]
 
@@ -44,7 +44,7 @@ from dare_jax import errors
 from dare_jax import reporting
 from dare_jax.bench import latency
 from dare_jax.budget import costs as costs_lib
-from dare_jax.inference import anytime
+from dare_jax.inference import engine as engine_lib
 from dare_jax.inference import bundle as bundle_lib
 from dare_jax.models import dare
 
@@ -126,10 +126,10 @@ def run(config, batches, budgets, routing='margin', num_queries=64,
   variables = jax.jit(lambda: model.init(jax.random.key(0),
                                          jnp.asarray(x[:1])))()
   exit_costs = costs_lib.exit_costs(model, (h, w))
-  costs = [exit_costs[e] for e in anytime.EXITS]
+  costs = [exit_costs[e] for e in engine_lib.EXITS]
   d = model.embedding_dim
   gallery = {e: rng.normal(size=(num_gallery, d)).astype(np.float32)
-             for e in anytime.EXITS}
+             for e in engine_lib.EXITS}
   g_pids = rng.integers(1, max(2, num_gallery // 4), num_gallery)
   g_camids = rng.integers(0, 6, num_gallery)
   q_pids = rng.integers(1, max(2, num_gallery // 4), num_queries)
@@ -144,16 +144,16 @@ def run(config, batches, budgets, routing='margin', num_queries=64,
       fwd = bundle_lib.onnx_forward(bundle_lib.onnx_session(
           bundle_lib.export_onnx(model, variables, (h, w))))
       full = lambda v, x: fwd(x)['fused']
-      runner = anytime.OnnxStageRunner(model, variables, (h, w), batch)
+      runner = engine_lib.OnnxStageRunner(model, variables, (h, w), batch)
     else:
       full = jax.jit(lambda v, x: model.apply(v, x, train=False)['fused'])
-      runner = anytime.StageRunner(model, variables, batch)  # compiled once
+      runner = engine_lib.StageRunner(model, variables, batch)  # compiled once
 
     def full_pass():
       for lo in starts:
         xb = x[lo:lo + batch]
         emb = full(variables, xb)
-        jax.block_until_ready(anytime._exit_stats(  # pylint: disable=protected-access
+        jax.block_until_ready(engine_lib._exit_stats(  # pylint: disable=protected-access
             emb, g_dev['fused'], jnp.asarray(q_pids[lo:lo + batch], jnp.int32),
             jnp.asarray(q_camids[lo:lo + batch], jnp.int32), gp, gc, 10))
     full_pass()  # compile
@@ -163,7 +163,7 @@ def run(config, batches, budgets, routing='margin', num_queries=64,
       budget = costs[0] + b * (costs[-1] - costs[0]) if b <= 1 else b
       times, engine = [], None
       for _ in range(repeats):
-        engine = anytime.AnytimeEngine(
+        engine = engine_lib.AnytimeEngine(
             model, variables, gallery, g_pids, g_camids, costs,
             routing=routing, budget=budget, topk=10, max_batch=batch,
             runner=runner)
@@ -227,9 +227,10 @@ def run_real(config, bundle_path: str, features_path: str, batches, budgets,
   # pylint: disable=g-import-not-at-top
   from dare_jax.data import augment
   from dare_jax.data import datasets
-  from dare_jax.evaluation import features as features_lib
   from dare_jax.evaluation import metrics
-  from dare_jax.evaluation import protocol as protocol_lib
+  from dare_jax.inference import streaming
+  from dare_jax.retrieval import features as features_lib
+  from dare_jax.retrieval import protocol as protocol_lib
   # pylint: enable=g-import-not-at-top
   b = bundle_lib.Bundle.load(bundle_path)
   if b.model.trinet:
@@ -237,7 +238,7 @@ def run_real(config, bundle_path: str, features_path: str, batches, budgets,
   proto = protocol_lib.Protocol.from_bundle(b.meta)
   feats = features_lib.load_features(features_path)
   gallery = {e: np.asarray(feats[f'gallery_{e}'], np.float32)
-             for e in anytime.EXITS}
+             for e in engine_lib.EXITS}
   g_pids = np.asarray(feats['gallery_pids'])
   g_camids = np.asarray(feats['gallery_camids'])
   query = datasets.load_dataset(config.data).query
@@ -251,7 +252,7 @@ def run_real(config, bundle_path: str, features_path: str, batches, budgets,
   x = b.normalize(np.stack([augment.load_image(query.paths[i], (h, w))
                             for i in idx])).astype(np.float32)
   n = len(x)
-  costs = [b.exit_costs[e] for e in anytime.EXITS]
+  costs = [b.exit_costs[e] for e in engine_lib.EXITS]
   gp, gc = jnp.asarray(g_pids, jnp.int32), jnp.asarray(g_camids, jnp.int32)
   g_dev = {e: jnp.asarray(a) for e, a in gallery.items()}
 
@@ -267,14 +268,14 @@ def run_real(config, bundle_path: str, features_path: str, batches, budgets,
     if runtime == 'onnx':
       fwd = bundle_lib.onnx_forward(bundle_lib.onnx_session(b.onnx_model()))
       full = lambda xb: fwd(xb)['fused']
-      runner = anytime.OnnxStageRunner(b.model, b.variables, (h, w), batch)
+      runner = engine_lib.OnnxStageRunner(b.model, b.variables, (h, w), batch)
     else:
       jf = jax.jit(lambda v, xb: b.model.apply(v, xb, train=False)['fused'])
       full = lambda xb: jf(b.variables, xb)
-      runner = anytime.StageRunner(b.model, b.variables, batch)
+      runner = engine_lib.StageRunner(b.model, b.variables, batch)
 
     def stats(emb, exit_name, lo):
-      return anytime._exit_stats(  # pylint: disable=protected-access
+      return engine_lib._exit_stats(  # pylint: disable=protected-access
           jnp.asarray(emb), g_dev[exit_name],
           jnp.asarray(q_pids[lo:lo + batch], jnp.int32),
           jnp.asarray(q_camids[lo:lo + batch], jnp.int32), gp, gc, 10, proto)
@@ -291,7 +292,7 @@ def run_real(config, bundle_path: str, features_path: str, batches, budgets,
           carry, e = runner.stage(k, carry)
           embs.append(e)
         emb = runner.fuse(*embs) if s == 4 else embs[-1]
-        out = stats(emb[:m], anytime.EXITS[s - 1], lo)
+        out = stats(emb[:m], engine_lib.EXITS[s - 1], lo)
         dists.append(np.asarray(jax.block_until_ready(out)[-1]))
       return np.concatenate(dists)
 
@@ -312,17 +313,15 @@ def run_real(config, bundle_path: str, features_path: str, batches, budgets,
       r1, m_ap = accuracy(pass_upto(s))  # the first pass also compiles
       ms = 1e3 * _median_seconds(lambda s=s: pass_upto(s), repeats) / n
       exit_rows.append({'runtime': runtime, 'batch': batch,
-                        'exit': anytime.EXITS[s - 1], 'cost': costs[s - 1],
+                        'exit': engine_lib.EXITS[s - 1], 'cost': costs[s - 1],
                         'ms_per_query': ms, 'rank1': r1, 'mAP': m_ap})
     for routing, frac in [(r, f) for r in routings for f in budgets]:
       budget = costs[0] + frac * (costs[-1] - costs[0]) if frac <= 1 else frac
       times = []
       for _ in range(repeats):
-        engine = anytime.AnytimeEngine(
-            b.model, b.variables, gallery, g_pids, g_camids, costs,
-            routing=routing, budget=budget, topk=10, max_batch=batch,
-            runner=runner, keep_distances=True, proto=proto)
-        engine.warmup((h, w))
+        engine = streaming.open_engine(
+            b, gallery, g_pids, g_camids, routing=routing, budget=budget,
+            batch=batch, runner=runner, keep_distances=True)
         t0 = time.perf_counter()
         answers = []
         for lo in starts:
@@ -458,9 +457,9 @@ def main_real():
   if FLAGS.json:
     reporting.write_json(FLAGS.json, result)
   if FLAGS.figure:
-    from dare_jax import plots  # pylint: disable=g-import-not-at-top
+    from dare_jax.figures import run as run_fig  # pylint: disable=g-import-not-at-top
     runtime = result['rows'][0]['runtime'] if result['rows'] else 'jax'
-    plots.time_accuracy(result, FLAGS.figure, runtime=runtime,
+    run_fig.time_accuracy(result, FLAGS.figure, runtime=runtime,
                         batch=min(r['batch'] for r in result['exits']))
   sys.stdout.flush()
 

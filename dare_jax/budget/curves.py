@@ -14,9 +14,11 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from dare_jax.retrieval import exits as exits_lib
+
 # The anytime answers of a DaRe: each exit's embedding, then the fusion
 # (which costs the full forward plus the weighted sum).
-DARE_ANSWERS = ('stage1', 'stage2', 'stage3', 'fused')
+DARE_ANSWERS = exits_lib.DARE_EXITS
 
 
 def deepest_answer(costs: Sequence[float], budget: float) -> Optional[int]:

@@ -28,16 +28,17 @@ import numpy as np
 from dare_jax import errors
 from dare_jax import fileio
 from dare_jax import reporting
-from dare_jax.budget import anytime
+from dare_jax.budget import curves as curves_lib
 from dare_jax.budget import costs as costs_lib
-from dare_jax.budget import figures
 from dare_jax.budget import stream
-from dare_jax.data import augment
 from dare_jax.data import datasets
 from dare_jax.data import spec as spec_lib
-from dare_jax.evaluation import features as features_lib
-from dare_jax.evaluation import protocol as protocol_lib
+from dare_jax.figures import budget as figures
+from dare_jax.figures import common
+from dare_jax.retrieval import features as features_lib
+from dare_jax.retrieval import protocol as protocol_lib
 from dare_jax.models import dare
+from dare_jax.retrieval import exits as exits_lib
 
 REPORT = 'budget_report.json'
 
@@ -101,16 +102,6 @@ def fusion_weights(feats) -> tuple[np.ndarray, float]:
   return w, float(residual)
 
 
-def _item_image(split, i: int, resize_hw) -> np.ndarray:
-  """uint8 [H, W, 3] of evaluation item i (a tracklet's first frame)."""
-  j = i
-  if split.tracklets is not None:
-    j = int(np.searchsorted(split.tracklets, i))
-  if split.images is not None:
-    return split.images[j]
-  return augment.load_image(split.paths[j], resize_hw)
-
-
 def _example(retrievals, exits: Sequence[str], dataset, resize_hw, q: int,
              k: int) -> dict:
   """A query of a ranked-list figure: its image and each exit's top k."""
@@ -119,10 +110,10 @@ def _example(retrievals, exits: Sequence[str], dataset, resize_hw, q: int,
   rows = {}
   for e in exits:
     r = retrievals[e]
-    rows[e] = [(_item_image(dataset.gallery, int(g), resize_hw),
+    rows[e] = [(common.item_image(dataset.gallery, int(g), resize_hw),
                 bool(r.g_pids[g] == q_pid), int(r.g_pids[g]),
                 float(r.dist_QxG[q, g])) for g in r.ranked(q)[:k]]
-  return {'query_image': _item_image(dataset.query, q, resize_hw),
+  return {'query_image': common.item_image(dataset.query, q, resize_hw),
           'query_pid': int(q_pid), 'rows': rows}
 
 
@@ -131,10 +122,8 @@ def _baseline_member(b: Baseline) -> tuple[str, int, dict]:
   feats = features_lib.load_features(path)
   names = features_lib.embedding_names(feats)
   name = 'fused' if 'fused' in names else names[-1]
-  e = b.config.eval
-  metrics = features_lib.evaluate_features_file(
-      feats, names=[name], metric=e.metric, normalize=e.normalize,
-      ap=e.ap)[name]
+  proto = protocol_lib.Protocol.of_run(feats, path, b.config.eval)
+  metrics = proto.evaluate(feats, [name])[name]
   cost = costs_lib.config_exit_costs(b.config)[
       'fused' if name == 'fused' else 'stage4']
   return b.label, cost, metrics
@@ -188,11 +177,12 @@ def compute_report(config, workdir: str,
   write it); writes nothing. Each exit's retrieval is computed once and
   shared by the metrics, the stream and the figures' examples.
   costs_source: 'traced' or 'authors' (module docstring); None reads
-  config.budget.costs_source if the config has one, else 'traced'."""
+  config.budget.costs_source."""
   bcfg = config.budget
   if costs_source is None:
-    costs_source = bcfg.get('costs_source', 'traced')
-  feats = features_lib.load_features(fileio.join(workdir, 'features.npz'))
+    costs_source = bcfg.costs_source
+  path = fileio.join(workdir, 'features.npz')
+  feats = features_lib.load_features(path)
   missing = [e for e in dare.EMBEDDINGS
              if e not in features_lib.embedding_names(feats)]
   if missing:
@@ -203,25 +193,26 @@ def compute_report(config, workdir: str,
   logging.info('Mul-Adds per exit (cumulative, %s): %s', costs_source,
                exit_costs)
   retrievals = stream.exit_retrievals(
-      feats, dare.EMBEDDINGS, protocol_lib.Protocol.from_config(config.eval))
+      feats, dare.EMBEDDINGS,
+      protocol_lib.Protocol.of_run(feats, path, config.eval))
   metrics = {}
   for e in dare.EMBEDDINGS:
     metrics[e] = retrievals[e].summary()
-    features_lib.log_metrics(e, metrics[e])
+    protocol_lib.log_metrics(e, metrics[e])
   weights, residual = fusion_weights(feats)
-  answers = anytime.DARE_ANSWERS
+  answers = curves_lib.DARE_ANSWERS
   c_s = [exit_costs[a] for a in answers]
 
-  curves = {'DaRe': anytime.dare_curve(exit_costs, metrics)}
+  curves = {'DaRe': curves_lib.dare_curve(exit_costs, metrics)}
   if baselines:
     label = 'TriNet ensemble (' + ', '.join(b.label for b in baselines) + ')'
-    curves[label] = anytime.ensemble_curve(
+    curves[label] = curves_lib.ensemble_curve(
         [_baseline_member(b) for b in baselines])
 
   budgets = np.linspace(c_s[0], c_s[-1], bcfg.num_budgets).tolist()
   answer_retrievals = [retrievals[a] for a in answers]
   streams = {}
-  for routing in stream.ROUTINGS:
+  for routing in exits_lib.ROUTINGS:
     logging.info('Budgeted stream, %s routing, %d budgets.', routing,
                  len(budgets))
     streams[routing] = stream.simulate_retrievals(
@@ -243,7 +234,7 @@ def compute_report(config, workdir: str,
                for e in answers[:-1]]
   _, easy_all, hard_all = stream.easy_hard_exits(
       np.stack(conf_cols, 1), len(answers), q_fig8)
-  p_fig8 = stream.q_fractions(len(answers), q_fig8)
+  p_fig8 = exits_lib.q_fractions(len(answers), q_fig8)
   easy, hard = list(easy_all[:n]), list(hard_all[:n])
 
   report = {

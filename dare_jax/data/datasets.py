@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from typing import Sequence
 
 from absl import logging
 import numpy as np
@@ -64,12 +65,23 @@ def _read_folder(data_cfg) -> ReidDataset:
   return read(root)
 
 
-def load_dataset(data_cfg) -> ReidDataset:
-  """The dataset named by config.data, its splits ready for a pipeline.
+def load_dataset(data_cfg, nonempty: Sequence[str] = ()) -> ReidDataset:
+  """The dataset named by config.data, its splits ready for a pipeline;
+  DataError when one of the `nonempty` splits (train, query, gallery) is
+  empty (training needs all three, evaluation query and gallery).
 
   Raises the errors of spec.check_dataset (which configlib.validate runs
   first) for library callers, then those that need the files.
   """
+  ds = _load(data_cfg)
+  for what in nonempty:
+    if not len(getattr(ds, what)):
+      raise errors.DataError(f'The {what} split of dataset {ds.name!r} is '
+                             'empty.')
+  return ds
+
+
+def _load(data_cfg) -> ReidDataset:
   name = data_cfg.dataset
   resize_hw = spec_lib.ImageSize.from_data_config(data_cfg).resize_hw
   if name == 'synthetic':
@@ -113,7 +125,7 @@ def pipeline_module(name: str) -> spec_lib.Pipeline:
   TensorFlow only for 'tf'."""
   spec_lib.check_pipeline(name)  # for library callers; validate checks too
   if name == 'numpy':
-    module = importlib.import_module('dare_jax.data.pipeline')
+    module = importlib.import_module('dare_jax.data.numpy_pipeline')
   else:
     try:
       module = importlib.import_module('dare_jax.data.tf_pipeline')

@@ -4,7 +4,7 @@
                                  file; configlib.validate calls it.
   TrainInput.from_config(config) what train_batches needs.
   EvalInput.from_config(config)  what eval_batches needs.
-  Pipeline                       what both pipeline modules (pipeline.py,
+  Pipeline                       what both pipeline modules (numpy_pipeline.py,
                                  tf_pipeline.py) implement; datasets.
                                  pipeline_module(name) returns one.
 
@@ -197,7 +197,7 @@ class EvalInput(ImageSize):
 @runtime_checkable
 class Pipeline(Protocol):
   """What dare_jax.data.pipeline and dare_jax.data.tf_pipeline implement
-  (bit-identical batches; see pipeline.py's docstring for their contents).
+  (bit-identical batches; see numpy_pipeline.py's docstring for their contents).
 
   The iterators they return also have close(), which stops their threads.
   """

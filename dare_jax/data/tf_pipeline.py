@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from dare_jax import errors
 from dare_jax.data import augment
-from dare_jax.data import pipeline
+from dare_jax.data import numpy_pipeline as pipeline
 from dare_jax.data import spec as spec_lib
 from dare_jax.data.types import Split
 

@@ -22,32 +22,18 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from dare_jax import fileio
-from dare_jax.budget import anytime
-from dare_jax.budget import stream
+from dare_jax.budget import curves as curves_lib
+from dare_jax.figures import common
+from dare_jax.figures import ranked
 from dare_jax.models import dare
+from dare_jax.retrieval import exits as exits_lib
 
 EMBEDDINGS = dare.EMBEDDINGS
 # The exits of the budgeted stream (dare_jax/budget/stream.py).
-STREAM_EXITS = anytime.DARE_ANSWERS
-ROUTINGS = stream.ROUTINGS
+STREAM_EXITS = curves_lib.DARE_ANSWERS
+ROUTINGS = exits_lib.ROUTINGS
 
 DPI = 110
-# Frame colours (RGB, uint8) of the ranked-list figures.
-QUERY_COLOR = (40, 90, 220)
-MATCH_COLOR = (0, 170, 0)
-MISS_COLOR = (220, 0, 0)
-# Every image is letterboxed into a cell of this size (re-ID crops are
-# about twice as tall as wide), then framed.
-CELL_HW = (128, 64)
-FRAME = 5
-
-
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
 
 
 # What the cost axes of Figures 5 and 6 are, per report.COSTS_SOURCES key.
@@ -77,11 +63,6 @@ def _layout(fig, caption: str) -> None:
   fig.text(0.01, 0.35 * strip, caption, fontsize=8, color='0.25',
            ha='left', va='center')
   fig.tight_layout(rect=(0, strip, 1, 1))
-
-
-def _save(plt, fig, out_png: str) -> None:
-  fileio.save_figure(fig, out_png, dpi=DPI)
-  plt.close(fig)
 
 
 # ----------------------------------------------------------------- helpers
@@ -115,50 +96,6 @@ def anytime_value(costs: Sequence[float], values: Sequence[float],
   return None if i < 0 else values[i]
 
 
-def framed(image, color, width: int) -> np.ndarray:
-  """image (uint8 [H, W, 3], [H, W, 1] or [H, W]) as uint8 [H+2w, W+2w, 3]
-  with a border of `width` pixels of `color` (RGB 0..255) around it."""
-  img = np.asarray(image)
-  if img.ndim == 2:
-    img = img[..., None]
-  if img.ndim != 3 or img.shape[-1] not in (1, 3, 4):
-    raise ValueError(f'expected an [H, W, 3] image; got {img.shape}.')
-  if img.shape[-1] == 1:
-    img = np.repeat(img, 3, axis=-1)
-  img = img[..., :3]
-  if img.dtype != np.uint8:
-    img = np.clip(img, 0, 255).astype(np.uint8)
-  width = int(width)
-  if width < 0:
-    raise ValueError(f'width must be >= 0; got {width}.')
-  h, w = img.shape[:2]
-  out = np.empty((h + 2 * width, w + 2 * width, 3), np.uint8)
-  out[...] = np.asarray(color, np.uint8).reshape(1, 1, 3)
-  out[width:width + h, width:width + w] = img
-  return out
-
-
-def letterbox(image, hw: tuple[int, int] = CELL_HW,
-              fill: int = 255) -> np.ndarray:
-  """image resized (aspect kept, PIL bilinear) and centred in a [h, w, 3]
-  uint8 cell padded with `fill`."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  img = framed(image, (0, 0, 0), 0)  # -> uint8 [H, W, 3]
-  h, w = hw
-  scale = min(h / img.shape[0], w / img.shape[1])
-  nh = max(1, int(round(img.shape[0] * scale)))
-  nw = max(1, int(round(img.shape[1] * scale)))
-  small = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
-  out = np.full((h, w, 3), fill, np.uint8)
-  top, left = (h - nh) // 2, (w - nw) // 2
-  out[top:top + nh, left:left + nw] = small
-  return out
-
-
-def _cell(image, color) -> np.ndarray:
-  return framed(letterbox(image), color, FRAME)
-
-
 # --------------------------------------------------------------- Figure 3
 
 
@@ -168,7 +105,7 @@ def exit_errors(metrics: Mapping[str, Mapping[str, float]],
   """Figure 3: Rank-1 and mAP error (%) per embedding, and the learnt
   fusion weights w_1..w_4 in a second panel (none if fusion_weights is
   None)."""
-  plt = _pyplot()
+  plt = common.pyplot()
   names = [n for n in EMBEDDINGS if n in metrics]
   if fusion_weights is None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -206,7 +143,7 @@ def exit_errors(metrics: Mapping[str, Mapping[str, float]],
     ax_w.grid(axis='y', alpha=0.3)
     ax_w.set_axisbelow(True)
   fig.tight_layout()
-  _save(plt, fig, out_png)
+  common.save(fig, out_png, DPI)
 
 
 # --------------------------------------------------------------- Figure 5
@@ -226,7 +163,7 @@ def anytime_curve(curves: Mapping[str, Mapping[str, Sequence]], out_png: str,
   if metric not in ('rank1', 'mAP'):
     raise ValueError(f"metric must be 'rank1' or 'mAP'; got {metric!r}.")
   caption = costs_caption(costs_source)
-  plt = _pyplot()
+  plt = common.pyplot()
   max_cost = max([max(map(float, c['costs'])) for c in curves.values()
                   if len(c['costs'])] + [0.0])
   div, suffix = cost_scale(max_cost)
@@ -257,7 +194,7 @@ def anytime_curve(curves: Mapping[str, Mapping[str, Sequence]], out_png: str,
   ax.grid(alpha=0.3)
   ax.legend(loc='best')
   _layout(fig, caption)
-  _save(plt, fig, out_png)
+  common.save(fig, out_png, DPI)
 
 
 # --------------------------------------------------------------- Figure 6
@@ -279,7 +216,7 @@ def stream_curves(results: Mapping[str, Sequence[Mapping]],
   Mul-Add counts the costs are (a caption; none if None).
   """
   caption = costs_caption(costs_source)
-  plt = _pyplot()
+  plt = common.pyplot()
   routings = [r for r in ROUTINGS if r in results] + [
       r for r in results if r not in ROUTINGS]
   costs = [float(p['realized_cost']) for r in routings for p in results[r]]
@@ -339,65 +276,24 @@ def stream_curves(results: Mapping[str, Sequence[Mapping]],
     ax.grid(alpha=0.3)
     ax.legend(loc='upper right', fontsize=8)
   _layout(fig, caption)
-  _save(plt, fig, out_png)
+  common.save(fig, out_png, DPI)
 
 
 # ----------------------------------------------------------- Figures 7, 8
 
 
-def _hide_axes(ax) -> None:
-  ax.set_xticks([])
-  ax.set_yticks([])
-  ax.set_frame_on(False)
-
-
-def _rank_rows(fig, items: Sequence[Mapping], k: int,
-               query_titles: Sequence[str], top: float, bottom: float,
-               n_rows: int = 0) -> None:
-  """A grid in fig (a Figure or SubFigure): per item one row per exit, the
-  query in the first column of its first row, then the top-k framed green
-  (a match) or red; the exit name labels the row. n_rows pads the grid
-  with empty rows (so that two groups side by side share a row height)."""
-  rows = [(i, name, lst) for i, it in enumerate(items)
-          for name, lst in it['rows'].items()]
-  axes = fig.subplots(max(n_rows, len(rows)), k + 1, squeeze=False,
-                      gridspec_kw={'wspace': 0.08, 'hspace': 0.45,
-                                   'left': 0.17, 'right': 0.98,
-                                   'top': top, 'bottom': bottom})
-  for ax in axes[len(rows):].ravel():
-    ax.set_visible(False)
-  # A thin rule between the rows of consecutive items.
-  from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
-  for r in range(1, len(rows)):
-    if rows[r][0] != rows[r - 1][0]:
-      y = 0.5 * (axes[r - 1, 0].get_position().y0 +
-                 axes[r, 0].get_position().y1)
-      fig.add_artist(Line2D([0.02, 0.98], [y, y], color='0.6', lw=0.8,
-                            transform=fig.transSubfigure))
-  prev = None
-  for r, (i, name, lst) in enumerate(rows):
-    ax_q = axes[r, 0]
-    _hide_axes(ax_q)
-    if i != prev:
-      ax_q.imshow(_cell(items[i]['query_image'], QUERY_COLOR))
-      ax_q.set_title(query_titles[i], fontsize=8, color='navy')
-    prev = i
-    ax_q.set_ylabel(name, fontsize=9, rotation=0, ha='right', va='center',
-                    labelpad=4)
-    for j in range(k):
-      ax = axes[r, j + 1]
-      _hide_axes(ax)
-      if j >= len(lst):
-        continue
-      image, is_match, pid, dist = lst[j]
-      ax.imshow(_cell(image, MATCH_COLOR if is_match else MISS_COLOR))
-      ax.set_title(f'{j + 1}: id {int(pid)}\nd={float(dist):.3g}',
-                   fontsize=7, color='green' if is_match else 'firebrick')
-
-
-def _query_title(item: Mapping, i: int) -> str:
-  pid = item.get('query_pid')
-  return f'query {i + 1}' + ('' if pid is None else f'\nid {int(pid)}')
+def _rows(items: Sequence[Mapping]) -> list[dict]:
+  """figures/ranked rows of report examples: per query, one row per exit."""
+  rows = []
+  for i, it in enumerate(items):
+    pid = it.get('query_pid')
+    label = f'query {i + 1}' + ('' if pid is None else f'  person {int(pid)}')
+    for name, lst in it['rows'].items():
+      rows.append({'query': it['query_image'], 'query_label': label,
+                   'exit': name,
+                   'results': [{'image': img, 'distance': float(d),
+                                'match': bool(m)} for img, m, _, d in lst]})
+  return rows
 
 
 def rank_lists(queries: Sequence[Mapping], out_png: str, k: int = 5) -> None:
@@ -405,24 +301,10 @@ def rank_lists(queries: Sequence[Mapping], out_png: str, k: int = 5) -> None:
 
   queries: [{'query_image': uint8 [H, W, 3], 'query_pid': int,
   'rows': {exit: [(image, is_match, pid, distance)]}}]; the query is framed
-  blue, matches green, the others red.
+  blue, matches green, the others red (figures/ranked.ranked_panels).
   """
-  plt = _pyplot()
-  n_rows = max(1, sum(len(q['rows']) for q in queries))
-  fig = plt.figure(figsize=(1.0 * (k + 1) + 1.2, 1.75 * n_rows + 1.3))
-  height = fig.get_figheight()
-  if not queries or n_rows == 0 or not any(q['rows'] for q in queries):
-    ax = fig.add_subplot()
-    _hide_axes(ax)
-    ax.text(0.5, 0.5, 'none', ha='center', va='center', fontsize=14)
-  else:
-    _rank_rows(fig, queries, k,
-               [_query_title(q, i) for i, q in enumerate(queries)],
-               top=1 - 1.25 / height, bottom=0.1 / height)
-  fig.suptitle(f'top-{k} ranked gallery images per exit\n'
-               '(query blue; green: same identity, red: different)',
-               fontsize=10, y=1 - 0.12 / height, va='top')
-  _save(plt, fig, out_png)
+  ranked.ranked_panels(out_png, [('', _rows(queries))],
+                       title=f'top-{k} ranked gallery images per exit', k=k)
 
 
 def easy_hard(easy: Sequence[Mapping], hard: Sequence[Mapping], out_png: str,
@@ -430,31 +312,9 @@ def easy_hard(easy: Sequence[Mapping], hard: Sequence[Mapping], out_png: str,
   """Figure 8: easy queries (left the stream at the first exit) beside hard
   ones (went on to the last exit), as the authors pick them: distance
   routing at q = 0.5 (stream.easy_hard_exits); the query and the top-k of
-  every exit given; an empty group shows "none". rule: a caption saying how
-  they were picked (none if empty)."""
-  plt = _pyplot()
-  groups = (('easy: left at the first exit (stage 1)', list(easy)),
-            ('hard: went on to the last exit (fused)', list(hard)))
-  n_rows = max([1] + [sum(len(it['rows']) for it in g) for _, g in groups])
-  fig = plt.figure(figsize=(2 * (1.0 * (k + 1) + 1.2),
-                            1.75 * n_rows + 1.3 + (0.3 if rule else 0.0)))
-  subs = fig.subfigures(1, 2, wspace=0.02)
-  height = fig.get_figheight()
-  strip = 0.3 / height if rule else 0.0
-  for sub, (title, items) in zip(subs, groups):
-    sub.suptitle(title, fontsize=10, fontweight='bold',
-                 y=1 - 0.12 / height, va='top')
-    if not items or not any(it['rows'] for it in items):
-      ax = sub.add_subplot()
-      _hide_axes(ax)
-      ax.text(0.5, 0.5, 'none', ha='center', va='center', fontsize=14,
-              color='gray')
-    else:
-      _rank_rows(sub, items, k,
-                 [_query_title(it, i) for i, it in enumerate(items)],
-                 top=1 - 1.1 / height, bottom=0.1 / height + strip,
-                 n_rows=n_rows)
-  if rule:
-    fig.text(0.01, 0.4 * strip, rule, fontsize=8, color='0.25', ha='left',
-             va='center')
-  _save(plt, fig, out_png)
+  every exit given; an empty group shows "none". rule: how they were
+  picked, in the title."""
+  ranked.ranked_panels(
+      out_png, [('easy: left at the first exit (stage 1)', _rows(easy)),
+                ('hard: went on to the last exit (fused)', _rows(hard))],
+      title=rule, k=k)

@@ -1,7 +1,9 @@
 """Ranked-list figures: each query beside its nearest gallery images.
 
-The re-ID way to look at what a model gets wrong. ranked_lists draws one
-figure row per query:
+The re-ID way to look at what a model gets wrong, drawn by one function,
+ranked_panels, for --mode=eval (ranked_lists.png), tools/search --figure and
+the paper's Figures 7 and 8 (figures/budget.py). One figure row per query
+and exit:
 
   [label]                  #1       #2             #K
   +-------+            +-------+ +-------+     +-------+
@@ -15,7 +17,8 @@ rank above and their distance below; a thick green frame marks a true match
 (same person), red a false one, none an unknown. The figure is
 COLUMN_INCHES wide per crop column (K results, the query and a GAP_COLUMNS
 gap) and ROW_INCHES tall per row, plus TITLE_INCHES for a title, at DPI dots
-per inch.
+per inch. Panels (Figure 8: easy | hard) stand side by side, each under its
+heading; an empty panel says "none".
 
 worst_and_best and ranked_rows pick what to show (pure NumPy, no images);
 write_ranked_lists puts the pieces together for an evaluated dataset, as
@@ -32,12 +35,11 @@ from absl import logging
 import numpy as np
 
 from dare_jax import errors
-from dare_jax import fileio
-from dare_jax import plots
-from dare_jax.data import augment
 from dare_jax.data import types
-from dare_jax.evaluation import features as features_lib
 from dare_jax.evaluation import metrics
+from dare_jax.figures import common
+from dare_jax.retrieval import features as features_lib
+from dare_jax.retrieval import protocol as protocol_lib
 
 COLUMN_INCHES = 1.1
 ROW_INCHES = 2.2
@@ -165,65 +167,84 @@ def ranked_lists(out_png: str, rows: Sequence[Mapping], title: str = '') -> str:
   """
   if not rows:
     raise errors.DataError(f'No rows to draw in {out_png}.')
-  k = max(len(row['results']) for row in rows)
-  columns = 1 + GAP_COLUMNS + k
-  title_in = TITLE_INCHES if title else 0.0
-  width_in = COLUMN_INCHES * columns
-  height_in = ROW_INCHES * len(rows) + title_in
-  plt = plots._pyplot()  # pylint: disable=protected-access
+  return ranked_panels(out_png, [('', rows)], title)
+
+
+def ranked_panels(out_png: str, panels: Sequence[tuple[str, Sequence[Mapping]]],
+                  title: str = '', k: Optional[int] = None) -> str:
+  """ranked_lists' rows in panels side by side: [(heading, rows)], each
+  panel k result columns wide (default: the longest row), as tall as the
+  longest panel; a panel without rows says "none"."""
+  if not panels:
+    raise errors.DataError(f'No panel to draw in {out_png}.')
+  k = k or max([len(r['results']) for _, rows in panels for r in rows] + [1])
+  n_rows = max([len(rows) for _, rows in panels] + [1])
+  headed = any(h for h, _ in panels)
+  panel_cols = 1 + GAP_COLUMNS + k
+  gap_cols = GAP_COLUMNS if len(panels) > 1 else 0.0
+  title_in = (TITLE_INCHES if title else 0.0) + (TITLE_INCHES if headed
+                                                 else 0.0)
+  width_in = COLUMN_INCHES * (len(panels) * panel_cols +
+                              (len(panels) - 1) * gap_cols)
+  height_in = ROW_INCHES * n_rows + title_in
+  plt = common.pyplot()
   fig = plt.figure(figsize=(width_in, height_in), dpi=DPI)
+  if title:
+    fig.suptitle(title, y=1 - 0.5 * TITLE_INCHES / height_in, fontsize=10)
+  crop_w = (COLUMN_INCHES - 2 * _CROP_PAD_INCHES) / width_in
+  crop_h = (ROW_INCHES - _TEXT_ABOVE_INCHES - _TEXT_BELOW_INCHES) / height_in
+
+  def crop_axes(r, column):
+    left = (column * COLUMN_INCHES + _CROP_PAD_INCHES) / width_in
+    top_in = title_in + r * ROW_INCHES + _TEXT_ABOVE_INCHES
+    bottom = 1 - top_in / height_in - crop_h
+    # imshow's equal aspect shrinks the box to the image, centred, so the
+    # frame (the axes' spines) hugs the crop.
+    return fig.add_axes((left, bottom, crop_w, crop_h))
+
   try:
-    if title:
-      fig.suptitle(title, y=1 - 0.5 * title_in / height_in, fontsize=10)
-    crop_w = (COLUMN_INCHES - 2 * _CROP_PAD_INCHES) / width_in
-    crop_h = (ROW_INCHES - _TEXT_ABOVE_INCHES - _TEXT_BELOW_INCHES) / height_in
-
-    def crop_axes(r, column):
-      left = (column * COLUMN_INCHES + _CROP_PAD_INCHES) / width_in
-      top_in = title_in + r * ROW_INCHES + _TEXT_ABOVE_INCHES
-      bottom = 1 - top_in / height_in - crop_h
-      # imshow's equal aspect shrinks the box to the image, centred, so the
-      # frame (the axes' spines) hugs the crop.
-      return fig.add_axes((left, bottom, crop_w, crop_h))
-
-    for r, row in enumerate(rows):
-      ax = crop_axes(r, 0)
-      ax.imshow(_check_image(row['query'], f'Row {r} query'))
-      _frame(ax, QUERY_COLOR, _QUERY_FRAME_PT)
-      ax.set_title(textwrap.fill(str(row.get('query_label', '')),
-                                 _LABEL_CHARS, break_on_hyphens=False),
-                   fontsize=7, pad=3)
-      ax.set_xlabel(str(row.get('exit', '')), fontsize=7, labelpad=3)
-      for j, res in enumerate(row['results']):
-        ax = crop_axes(r, 1 + GAP_COLUMNS + j)
-        ax.imshow(_check_image(res['image'], f'Row {r} result {j}'))
-        match = res.get('match')
-        color = None if match is None else (
-            MATCH_COLOR if match else MISMATCH_COLOR)
-        _frame(ax, color, _RESULT_FRAME_PT)
-        ax.set_title(f'#{j + 1}', fontsize=7, pad=3)
-        ax.set_xlabel(f'{float(res["distance"]):.3f}', fontsize=7,
-                      labelpad=3)
-    fileio.save_figure(fig, out_png, dpi=DPI)
-  finally:
+    for p, (heading, rows) in enumerate(panels):
+      c0 = p * (panel_cols + gap_cols)
+      centre = (c0 + 0.5 * panel_cols) * COLUMN_INCHES / width_in
+      if heading:
+        fig.text(centre, 1 - (title_in - 0.5 * TITLE_INCHES) / height_in,
+                 heading, ha='center', va='center', fontsize=9,
+                 fontweight='bold')
+      if not rows:
+        fig.text(centre, 1 - (title_in + 0.5 * ROW_INCHES) / height_in,
+                 'none', ha='center', va='center', fontsize=12, color='gray')
+      for r, row in enumerate(rows):
+        ax = crop_axes(r, c0)
+        ax.imshow(_check_image(row['query'], f'Row {r} query'))
+        _frame(ax, QUERY_COLOR, _QUERY_FRAME_PT)
+        ax.set_title(textwrap.fill(str(row.get('query_label', '')),
+                                   _LABEL_CHARS, break_on_hyphens=False),
+                     fontsize=7, pad=3)
+        ax.set_xlabel(str(row.get('exit', '')), fontsize=7, labelpad=3)
+        for j, res in enumerate(row['results'][:k]):
+          ax = crop_axes(r, c0 + 1 + GAP_COLUMNS + j)
+          ax.imshow(_check_image(res['image'], f'Row {r} result {j}'))
+          match = res.get('match')
+          color = None if match is None else (
+              MATCH_COLOR if match else MISMATCH_COLOR)
+          _frame(ax, color, _RESULT_FRAME_PT)
+          ax.set_title(f'#{j + 1}', fontsize=7, pad=3)
+          ax.set_xlabel(f'{float(res["distance"]):.3f}', fontsize=7,
+                        labelpad=3)
+  except Exception:
     plt.close(fig)
-  return out_png
+    raise
+  return common.save(fig, out_png, DPI)
 
 
 # ----------------------------------------------------------------------------
 # An evaluated dataset's figure.
 
 
-def _split_image(split: types.Split, i: int, image_hw) -> np.ndarray:
-  if split.images is not None:
-    return split.images[i]
-  return augment.load_image(split.paths[i], image_hw)
-
-
 def write_ranked_lists(out_png: str, feats: Mapping[str, np.ndarray],
                        query: types.Split, gallery: types.Split, *,
-                       image_hw: Sequence[int], metric: str = 'euclidean',
-                       normalize: bool = False, ap: str = 'market',
+                       image_hw: Sequence[int],
+                       proto: protocol_lib.Protocol = protocol_lib.Protocol(),
                        n: int = 10, topk: int = 10) -> Optional[str]:
   """The n worst and n best queries by AP, each with its top-k gallery.
 
@@ -233,10 +254,10 @@ def write_ranked_lists(out_png: str, feats: Mapping[str, np.ndarray],
 
   Args:
     out_png: where to write.
-    feats: features.npz-style arrays (evaluation/features.py).
+    feats: features.npz-style arrays (retrieval/features.py).
     query, gallery: the splits feats was computed from (images or paths).
     image_hw: (H, W) to load image files at.
-    metric, normalize, ap: the evaluation's (config.eval) options.
+    proto: the run's retrieval protocol (config.eval).
     n: queries per end (worst, best).
     topk: results per query.
 
@@ -250,9 +271,8 @@ def write_ranked_lists(out_png: str, feats: Mapping[str, np.ndarray],
   names = features_lib.embedding_names(feats)
   name = 'fused' if 'fused' in names else names[-1]
   ids = [np.asarray(feats[k]) for k in features_lib.ID_KEYS]
-  dist_QxG = metrics.pairwise_distances(
-      feats[f'query_{name}'], feats[f'gallery_{name}'], metric, normalize)
-  per_query = metrics.evaluate_per_query(dist_QxG, *ids, ap=ap)
+  dist_QxG = proto.distances(feats[f'query_{name}'], feats[f'gallery_{name}'])
+  per_query = metrics.evaluate_per_query(dist_QxG, *ids, ap=proto.ap)
   valid_V = np.flatnonzero(per_query['valid'])
   if not valid_V.size:
     logging.info('No valid query: no %s.', os.path.basename(out_png))
@@ -262,11 +282,11 @@ def write_ranked_lists(out_png: str, feats: Mapping[str, np.ndarray],
   rows = []
   for qi, g_idx, dists, matches in ranked_rows(dist_QxG, *ids, chosen, topk):
     rows.append({
-        'query': _split_image(query, qi, image_hw),
+        'query': common.item_image(query, qi, image_hw),
         'query_label': (f'AP {per_query["ap"][qi]:.2f}  '
                         f'person {int(q_pids[qi])}'),
         'exit': name,
-        'results': [{'image': _split_image(gallery, g, image_hw),
+        'results': [{'image': common.item_image(gallery, g, image_hw),
                      'distance': d, 'match': m}
                     for g, d, m in zip(g_idx, dists, matches)]})
   return ranked_lists(

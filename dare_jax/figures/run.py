@@ -1,4 +1,5 @@
-"""Figures written next to metrics.json (matplotlib, no display needed)."""
+"""A run's own figures: training curves and accuracy per exit next to
+metrics.json, and the engine's time-accuracy plot (bench/early_exit)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,8 @@ import json
 from typing import Mapping
 
 from dare_jax import fileio
+from dare_jax.figures import common
 from dare_jax.models.dare import EMBEDDINGS
-
-
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
 
 
 def read_train_log(path: str) -> list[dict]:
@@ -28,7 +23,7 @@ def read_train_log(path: str) -> list[dict]:
 
 def training_curves(records: list[dict], out_png: str) -> None:
   """Loss of every exit against the step, the learning rate beside it."""
-  plt = _pyplot()
+  plt = common.pyplot()
   fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(11, 4))
   steps = [r['step'] for r in records]
   for name in EMBEDDINGS:
@@ -44,14 +39,13 @@ def training_curves(records: list[dict], out_png: str) -> None:
             title='learning rate')
   ax_lr.grid(alpha=0.3)
   fig.tight_layout()
-  fileio.save_figure(fig, out_png, dpi=110)
-  plt.close(fig)
+  common.save(fig, out_png, 110)
 
 
 def exit_accuracy(metrics: Mapping[str, Mapping[str, float]],
                   out_png: str) -> None:
   """Rank-1 and mAP of every exit and the fusion, as grouped bars."""
-  plt = _pyplot()
+  plt = common.pyplot()
   names = [n for n in EMBEDDINGS if n in metrics]
   fig, ax = plt.subplots(figsize=(7, 4))
   width = 0.38
@@ -64,8 +58,7 @@ def exit_accuracy(metrics: Mapping[str, Mapping[str, float]],
   ax.set(ylabel='%', ylim=(0, 105), title='accuracy per exit')
   ax.legend(loc='lower right')
   fig.tight_layout()
-  fileio.save_figure(fig, out_png, dpi=110)
-  plt.close(fig)
+  common.save(fig, out_png, 110)
 
 
 def write_run_figures(workdir: str, metrics) -> list[str]:
@@ -85,9 +78,9 @@ def write_run_figures(workdir: str, metrics) -> list[str]:
 def time_accuracy(result: Mapping, out_png: str, runtime: str = 'jax',
                   batch: int = 1, title: str = '') -> None:
   """Measured ms per query (x) against Rank-1 (y): each routing's budgets as
-  a line, each exit alone and the full forward as points (bench/anytime's
+  a line, each exit alone and the full forward as points (bench/early_exit's
   --bundle result, one runtime and batch size)."""
-  plt = _pyplot()
+  plt = common.pyplot()
   fig, ax = plt.subplots(figsize=(7.5, 4.8))
   rows = [r for r in result['rows']
           if r['runtime'] == runtime and r['batch'] == batch]
@@ -120,5 +113,4 @@ def time_accuracy(result: Mapping, out_png: str, runtime: str = 'jax',
   ax.legend(loc='lower right', fontsize=8)
   ax.margins(x=0.12, y=0.08)
   fig.tight_layout()
-  fileio.save_figure(fig, out_png, dpi=120)
-  plt.close(fig)
+  common.save(fig, out_png, 120)

@@ -63,8 +63,6 @@ ONNX_INPUT = 'x'
 ONNX_OPSET = 18
 RUNTIMES = ('jax', 'onnx')
 PLATFORMS = ('cpu', 'cuda')
-# Model fields that name where weights came from, not what the network is.
-_NOT_BUILD = ('pretrained', 'pretrained_heads', 'require_pretrained')
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, np.ndarray]:
@@ -93,12 +91,12 @@ def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
 def build_fields(model_cfg) -> dict:
   """The config.model fields that build the network (JSON-ready)."""
   d = json.loads(model_cfg.to_json())
-  return {k: v for k, v in sorted(d.items()) if k not in _NOT_BUILD}
+  return {k: v for k, v in sorted(d.items()) if k not in dare.WEIGHT_SOURCE_FIELDS}
 
 
 def model_from_fields(fields: Mapping[str, Any]) -> dare.DaRe:
   cfg = ml_collections.ConfigDict(dict(fields))
-  for k in _NOT_BUILD:
+  for k in dare.WEIGHT_SOURCE_FIELDS:
     cfg[k] = '' if k == 'pretrained' else False  # none of them builds
   cfg.stage_sizes = tuple(cfg.stage_sizes)
   return dare.from_config(cfg)

@@ -12,11 +12,11 @@ embeddings stay on the device:
   budget mode   (routing 'distance' | 'margin' | 'random'): queries arrive in
                 micro-batches; stage 1 runs on the batch; each query's
                 confidence against that exit's gallery is computed on the
-                device (the two smallest distances the definitions of
-                budget/stream.py need; the host takes their difference in
-                float64, as the simulation does); the exit rule of eq. 3
-                with the online sorted lists decides who leaves, query by
-                query in arrival order, exactly as budget/stream.route; the
+                device (exits.nearest_two, the two distances the
+                confidences are made of; the host takes their difference in
+                float64 with exits.confidence_of, as the simulation does);
+                eq. 3's exit rule (exits.ExitRule) decides who leaves, query
+                by query in arrival order, as the simulation does; the
                 survivors' carries (and earlier embeddings, for 'fused') are
                 compacted into the next bucket and continue.
   deadline mode (deadline_ms = T): every query of a micro-batch is answered
@@ -44,12 +44,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from dare_jax import errors
-from dare_jax.budget import stream as stream_lib
 from dare_jax.evaluation import metrics
-from dare_jax.evaluation import protocol as protocol_lib
 from dare_jax.models import dare
+from dare_jax.retrieval import exits as exits_lib
+from dare_jax.retrieval import protocol as protocol_lib
 
-EXITS = stream_lib.DEFAULT_EXITS  # stage1, stage2, stage3, fused
+EXITS = exits_lib.DARE_EXITS  # stage1, stage2, stage3, fused
 
 
 def buckets_up_to(max_batch: int) -> tuple[int, ...]:
@@ -234,16 +234,13 @@ def _exit_stats(q_BxD, g_GxD, q_pids_B, q_camids_B, g_pids_G, g_camids_G,
                 topk, proto=protocol_lib.Protocol()):
   """On the device, per query: the nearest remaining distance, the nearest
   of another identity than the top-1's (the two numbers the confidences of
-  budget/stream.py are made of), the top-K gallery indices and distances,
+  retrieval/exits.py are made of), the top-K gallery indices and distances,
   all under the run's protocol (metric, normalisation)."""
   dist_BxG = proto.distances(q_BxD, g_GxD)
   _, removed_BxG = metrics.removal_mask(q_pids_B, q_camids_B, g_pids_G,
                                         g_camids_G)
-  d = jnp.where(removed_BxG, jnp.inf, dist_BxG)
-  top_B = jnp.argmin(d, axis=1)
-  d1_B = jnp.take_along_axis(d, top_B[:, None], axis=1)[:, 0]
-  other = jnp.where(g_pids_G[None, :] == g_pids_G[top_B][:, None], jnp.inf, d)
-  d2_B = jnp.min(other, axis=1)
+  d1_B, d2_B = exits_lib.nearest_two(
+      jnp.where(removed_BxG, jnp.inf, dist_BxG), g_pids_G, jnp)
   neg, idx_BxK = jax.lax.top_k(-dist_BxG, topk)
   return d1_B, d2_B, idx_BxK, -neg, dist_BxG
 
@@ -286,9 +283,9 @@ class AnytimeEngine:
                proto: Optional[protocol_lib.Protocol] = None):
     if (budget is None) == (deadline_ms is None):
       raise errors.ConfigError('Give a budget or a deadline, not both.')
-    if routing not in stream_lib.ROUTINGS:
+    if routing not in exits_lib.ROUTINGS:
       raise errors.ConfigError(f'routing={routing!r}: use one of '
-                               f'{", ".join(stream_lib.ROUTINGS)}.')
+                               f'{", ".join(exits_lib.ROUTINGS)}.')
     missing = [e for e in EXITS if e not in gallery]
     if missing:
       raise errors.DataError(f'The gallery lacks {", ".join(missing)}; the '
@@ -303,17 +300,17 @@ class AnytimeEngine:
     self.g_camids = jnp.asarray(g_camids, jnp.int32)
     self.num_g = int(self.g_pids.shape[0])
     self.topk = min(topk, self.num_g)
-    self.costs = stream_lib.check_costs(costs)
+    self.costs = exits_lib.check_costs(costs)
     self.routing, self.deadline_ms = routing, deadline_ms
     self.budget = budget
     self.keep_distances = keep_distances
     if budget is not None:
-      fractions = (stream_lib.random_fractions if routing == 'random' else
-                   stream_lib.exit_fractions)(self.costs, budget)
-      self.pi = stream_lib.conditional(fractions)
+      fractions = (exits_lib.random_fractions if routing == 'random' else
+                   exits_lib.exit_fractions)(self.costs, budget)
+      self.pi = exits_lib.conditional(fractions)
     else:
       self.pi = None
-    self.router = (stream_lib.ExitRule(self.pi) if self.pi is not None
+    self.router = (exits_lib.ExitRule(self.pi) if self.pi is not None
                    else None)
     self._rng = np.random.default_rng(seed)
     self._u: list[np.ndarray] = []
@@ -398,7 +395,7 @@ class AnytimeEngine:
     if self.routing == 'random':
       return bool(self._draws(q)[s] < self.pi[s])
     return self.router.leaves(
-        s, float(stream_lib.confidence_of(self.routing, d1, d2)))
+        s, float(exits_lib.confidence_of(self.routing, d1, d2)))
 
   def process(self, x_NxHxWx3: np.ndarray, q_pids=None, q_camids=None
               ) -> list[Answer]:
@@ -517,7 +514,7 @@ class AnytimeEngine:
 
   def _draws(self, q: int) -> np.ndarray:
     """Query q's uniforms: row q of default_rng(seed).random((Q, S)), drawn
-    in arrival order (as budget/stream.route_random draws them)."""
+    in arrival order (as budget/exits_lib.route_random draws them)."""
     while len(self._u) <= q:
       self._u.append(self._rng.random(len(EXITS)))
     return self._u[q]

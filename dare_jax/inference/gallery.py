@@ -1,41 +1,41 @@
-"""Embeddings of your own images as a file, and exact search over them.
+"""Embeddings of your own images as a features file, and exact search.
 
-FEATURES.npz (tools/embed writes it, tools/search reads it):
-  paths     str [N]       the images as the INPUT named them
-  stage1 .. stage4, fused float32 [N, D], the embeddings the bundle has
-  person, camera          int64 [N], only when the INPUT (a CSV) had them
-  files     str [N]       the absolute paths opened (search draws from them)
-  tta       int           views averaged per image (10 or 1)
-  bundle    str           the fingerprint of the bundle that embedded them
-A gallery is embedded once: `embed --append` adds the images it does not
-hold yet and keeps every old row as it was; search refuses features from
-another bundle or of another dimension, since their distances mean nothing.
+tools/embed writes a features file (the one schema of
+retrieval/features.py) with a gallery side: gallery_NAME for each
+embedding the bundle has, gallery_paths (as the INPUT named them),
+gallery_files (the absolute paths opened; search draws from them),
+gallery_pids / gallery_camids when the INPUT (a CSV) had them; and tta,
+bundle (the fingerprint of the bundle that embedded them) and protocol.
+tools/search reads any file of that schema, a run's features.npz included
+(its query side for --query). A gallery is embedded once: `embed --append`
+adds the images it does not hold yet and keeps every old row as it was;
+search refuses features from another bundle or of another dimension, since
+their distances mean nothing.
 
-Search is exact: distances as the evaluator computes them
-(evaluation/metrics.pairwise_distances with the run's eval.metric and
-eval.normalize, from bundle.json), over chunks of queries so that memory is
-[chunk, G], then the top K. With rerank, k-reciprocal re-ranking
-(evaluation/rerank.rerank_features, the run's k1, k2, lambda) over queries
-and gallery together; it returns the whole [Q, G] matrix.
+Search is exact: distances under the run's protocol (retrieval/protocol.py,
+from bundle.json), over chunks of queries so that memory is [chunk, G],
+then the top K. With rerank, k-reciprocal re-ranking (the run's k1, k2,
+lambda) over queries and gallery together; it returns the whole [Q, G]
+matrix.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Optional
+from typing import Optional
 
+from absl import logging
 import jax
 import numpy as np
 
 from dare_jax import errors
 from dare_jax import fileio
-from dare_jax.evaluation import features as features_lib
+from dare_jax import reporting
 from dare_jax.evaluation import metrics
-from dare_jax.evaluation import rerank as rerank_lib
 from dare_jax.inference import images as images_lib
-
-_META_KEYS = ('paths', 'files', 'person', 'camera', 'tta', 'bundle')
+from dare_jax.retrieval import features as features_lib
+from dare_jax.retrieval import protocol as protocol_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,54 +67,42 @@ def embed_inputs(bundle, inputs: images_lib.Inputs, *, tta: int = 10,
   return feats, images_lib.skipped_message(inputs, ok)
 
 
-def save(path: str, feats: Features, overwrite: bool = False) -> str:
+def save(path: str, feats: Features, overwrite: bool = False,
+         protocol: Optional[protocol_lib.Protocol] = None,
+         side: str = 'gallery') -> str:
   if fileio.exists(path) and not overwrite:
     raise errors.ConfigError(f'{path} exists; pass --overwrite to replace '
                              'it (or --append to add images to it).')
   if not path.endswith('.npz'):
     raise errors.ConfigError(f'{path}: the features file must end in .npz.')
-  arrays: dict[str, Any] = {
-      'paths': np.array(feats.inputs.paths, dtype=str),
-      'files': np.array(feats.inputs.files, dtype=str),
-      'tta': np.int64(feats.tta), 'bundle': np.array(feats.bundle)}
-  for k in ('person', 'camera'):
-    v = getattr(feats.inputs, k)
-    if v is not None:
-      arrays[k] = np.asarray(v, np.int64)
-  for k, v in feats.embeddings.items():
-    arrays[k] = np.asarray(v, np.float32)
+  inputs = feats.inputs
+  arrays = features_lib.Side(feats.embeddings, inputs.person, inputs.camera,
+                             inputs.paths, inputs.files).to_arrays(side)
+  arrays.update(tta=np.int64(feats.tta), bundle=np.array(feats.bundle))
   if not fileio.is_remote(path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fileio.save_npz(path, arrays)
-  return path
+  return features_lib.write(path, arrays, protocol)
 
 
-def load(path: str, bundle=None) -> Features:
-  """A FEATURES.npz; with a bundle, checked against it (names, dimension,
-  fingerprint)."""
-  if not fileio.isfile(path):
-    raise errors.DataNotFoundError(f'{path}: no such features file.')
-  features_lib.check_npz(path)
-  with fileio.open_npz(path) as z:
-    missing = [k for k in ('paths', 'tta', 'bundle') if k not in z.files]
-    if missing:
-      raise errors.DataError(
-          f'{path}: not a features file of tools/embed (it lacks '
-          f'{", ".join(missing)}).')
-    paths = tuple(str(p) for p in z['paths'])
-    files = (tuple(str(p) for p in z['files']) if 'files' in z.files
-             else tuple(os.path.abspath(p) for p in paths))
-    ids = {k: z[k].astype(np.int64) if k in z.files else None
-           for k in ('person', 'camera')}
-    embs = {k: z[k].astype(np.float32) for k in z.files
-            if k not in _META_KEYS}
-    feats = Features(images_lib.Inputs(paths, files, ids['person'],
-                                       ids['camera']),
-                     embs, int(z['tta']), str(z['bundle']))
-  for k, v in feats.embeddings.items():
-    if v.ndim != 2 or len(v) != len(paths):
-      raise errors.DataError(f'{path}: {k} has shape {v.shape}; expected '
-                             f'[{len(paths)}, D].')
+def load(path: str, bundle=None, side: Optional[str] = None) -> Features:
+  """One side of a features file (`side` when the file has it, else the
+  side it has: the gallery side first); with a bundle, checked against it (names,
+  dimension, fingerprint)."""
+  arrays = features_lib.read(path)
+  present = [x for x in ('gallery', 'query')
+             if features_lib.side_names(arrays, x)]
+  if side not in present:  # a file of one side serves as either
+    side = present[0] if present else 'gallery'
+  got = features_lib.read_side(arrays, side, path)
+  missing = [k for k in (features_lib.key(side, 'paths'), 'tta', 'bundle')
+             if k not in arrays]
+  if missing:
+    raise errors.DataError(
+        f'{path}: search needs the images behind the {side} embeddings '
+        f'(it lacks {", ".join(missing)}); embed them with tools/embed.')
+  files = got.files or tuple(os.path.abspath(p) for p in got.paths)
+  feats = Features(images_lib.Inputs(got.paths, files, got.pids, got.camids),
+                   got.embeddings, int(arrays['tta']), str(arrays['bundle']))
   if bundle is not None:
     check_compatible(path, feats, bundle)
   return feats
@@ -156,11 +144,11 @@ def concat(old: Features, new: Features) -> Features:
                   old.tta, old.bundle)
 
 
-def load_or_embed(spec: str, bundle, **embed_kw
+def load_or_embed(spec: str, bundle, side: Optional[str] = None, **embed_kw
                   ) -> tuple[Features, Optional[str]]:
-  """A FEATURES.npz as it is, or an INPUT embedded now."""
+  """A FEATURES.npz as it is (its `side`), or an INPUT embedded now."""
   if spec.endswith('.npz'):
-    return load(spec, bundle), None
+    return load(spec, bundle, side), None
   return embed_inputs(bundle, images_lib.read_inputs(spec), **embed_kw)
 
 
@@ -176,15 +164,12 @@ def check_exits(requested: str, bundle) -> tuple[str, ...]:
 
 
 def search(q_QxD: np.ndarray, g_GxD: np.ndarray, topk: int, *,
-           metric: str = 'euclidean', normalize: bool = False,
-           rerank: Optional[dict] = None, chunk: Optional[int] = None
+           proto: protocol_lib.Protocol = protocol_lib.Protocol(),
+           rerank: bool = False, chunk: Optional[int] = None
            ) -> tuple[np.ndarray, np.ndarray]:
   """(int64 [Q, K] gallery indices, float32 [Q, K] distances), nearest
-  first, K = min(topk, G); ties keep gallery order.
-
-  rerank: {'k1', 'k2', 'lambda_value'} for k-reciprocal re-ranking (the
-  distances are then the re-ranked ones).
-  """
+  first, K = min(topk, G); ties keep gallery order. Distances under
+  `proto`; with rerank, its k-reciprocal re-ranked distances."""
   num_q, num_g = len(q_QxD), len(g_GxD)
   if topk < 1:
     raise errors.ConfigError(f'--topk={topk} must be >= 1.')
@@ -192,22 +177,20 @@ def search(q_QxD: np.ndarray, g_GxD: np.ndarray, topk: int, *,
     raise errors.DataError(f'Nothing to search: {num_q} queries, {num_g} '
                            'gallery images.')
   k = min(topk, num_g)
-  if rerank is not None:
-    if num_q + num_g < rerank['k1'] + 1:
+  if rerank:
+    if num_q + num_g < proto.k1 + 1:
       raise errors.ConfigError(
-          f'--rerank: k1={rerank["k1"]} needs at least {rerank["k1"] + 1} '
+          f'--rerank: k1={proto.k1} needs at least {proto.k1 + 1} '
           f'images (queries + gallery); there are {num_q + num_g}. Search '
           'without --rerank.')
-    dist = rerank_lib.rerank_features(q_QxD, g_GxD, normalize=normalize,
-                                      **rerank)
-    chunks = [(0, num_q, dist)]
+    chunks = [(0, num_q, proto.rerank_distances(q_QxD, g_GxD))]
   else:
     c = chunk or metrics._default_chunk(num_q, num_g)  # pylint: disable=protected-access
     chunks = ((lo, min(num_q, lo + c), None) for lo in range(0, num_q, c))
   idx, dist_out = [], []
   for lo, hi, d in chunks:
     if d is None:
-      d = metrics.pairwise_distances(q_QxD[lo:hi], g_GxD, metric, normalize)
+      d = proto.distances(q_QxD[lo:hi], g_GxD)
     neg, i = jax.lax.top_k(-d, k)
     idx.append(np.asarray(i, np.int64))
     dist_out.append(-np.asarray(neg, np.float32))
@@ -225,4 +208,138 @@ def results(query: Features, gallery: Features, name: str,
         {'path': gallery.inputs.paths[g], 'distance': float(d),
          'person': None if gp is None else int(gp[g])}
         for g, d in zip(row, dists)]})
+  return out
+
+
+# ----------------------------------------------------------------------------
+# The tools' work (tools/embed and tools/search only parse and print).
+
+# Rows a figure may hold: a figure of thousands of queries helps no one.
+MAX_FIGURE_ROWS = 20
+
+
+def embed_to_file(bundle_path: str, input_spec: str, out: str, *, tta: int = 10,
+          batch: int = 32, runtime: str = 'jax', bad_images: str = 'error',
+          append: bool = False, overwrite: bool = False,
+          progress: bool = True) -> dict:
+  """tools/embed: embeds an INPUT's images into the features file `out`
+(with append, only those it does not hold yet); returns a summary {out,
+  input, runtime, tta, embedded, skipped, images, embeddings}."""
+  from dare_jax.inference import bundle as bundle_lib  # pylint: disable=g-import-not-at-top
+  if append and overwrite:
+    raise errors.ConfigError('--append and --overwrite: choose one.')
+  if not out.endswith('.npz'):
+    raise errors.ConfigError(f'--out={out}: the features file must end in '
+                             '.npz.')
+  if fileio.exists(out) and not (append or overwrite):
+    raise errors.ConfigError(f'{out} exists; pass --overwrite to replace it '
+                             'or --append to add images to it.')
+  b = bundle_lib.Bundle.load(bundle_path, runtime)
+  inputs = images_lib.read_inputs(input_spec)
+  old = None
+  if append and fileio.exists(out):
+    old = load(out, b)
+    if old.tta != tta:
+      raise errors.ConfigError(f'{out} holds tta={old.tta} embeddings; '
+                               f'append with --tta={old.tta}.')
+    have = set(old.inputs.paths)
+    inputs = inputs.take(np.array([p not in have for p in inputs.paths]))
+  summary = {'out': fileio.absolute(out), 'input': input_spec,
+             'runtime': runtime, 'tta': tta, 'embedded': 0, 'skipped': 0}
+  if len(inputs):
+    feats, skipped = embed_inputs(
+        b, inputs, tta=tta, batch=batch, bad_images=bad_images,
+        progress=progress)
+    summary['embedded'] = len(feats)
+    summary['skipped'] = len(inputs) - len(feats)
+    if skipped:
+      logging.warning('%s', skipped)
+    feats = concat(old, feats) if old is not None else feats
+    save(out, feats, overwrite=True,
+         protocol=protocol_lib.Protocol.from_bundle(
+             b.meta, f'{bundle_path}/bundle.json'))
+  elif old is None:
+    raise errors.DataError(f'{input_spec}: no image to embed.')
+  summary['images'] = summary['embedded'] + (len(old) if old else 0)
+  summary['embeddings'] = list(b.embedding_names)
+  return summary
+
+
+def _check_out(path: str, overwrite: bool) -> None:
+  if path and fileio.exists(path) and not overwrite:
+    raise errors.ConfigError(f'{path} exists; pass --overwrite to replace '
+                             'it.')
+
+
+def _match(q_person, g_person):
+  if q_person is None or g_person is None or q_person < 0 or g_person < 0:
+    return None
+  return bool(q_person == g_person)
+
+
+def figure_rows(query, gallery_feats, per_exit, input_hw) -> list[dict]:
+  """The rows of figures/ranked.ranked_lists: each query, each exit."""
+  from dare_jax.figures import common  # pylint: disable=g-import-not-at-top
+  cache = {}
+  # Crops are drawn at the input's aspect, at least 128 pixels high.
+  scale = max(1, -(-128 // input_hw[0]))
+  show_hw = (input_hw[0] * scale, input_hw[1] * scale)
+  image = lambda f: common.file_image(f, show_hw, cache)
+  qp, gp = query.inputs.person, gallery_feats.inputs.person
+  rows = []
+  for q in range(len(query)):
+    for name, (idx, dist) in per_exit.items():
+      label = os.path.basename(query.inputs.paths[q])
+      if qp is not None and qp[q] >= 0:
+        label += f'  person {int(qp[q])}'
+      rows.append({
+          'query': image(query.inputs.files[q]), 'query_label': label,
+          'exit': name,
+          'results': [{'image': image(gallery_feats.inputs.files[g]),
+                       'distance': float(d),
+                       'match': _match(None if qp is None else qp[q],
+                                       None if gp is None else gp[g])}
+                      for g, d in zip(idx[q], dist[q])]})
+      if len(rows) >= MAX_FIGURE_ROWS:
+        return rows
+  return rows
+
+
+def search_files(bundle_path: str, gallery_spec: str, query_spec: str, *,
+           topk: int = 10, exit_name: str = 'fused', rerank: bool = False,
+           json_out: str = '', figure: str = '', tta: int = 10,
+           batch: int = 32, runtime: str = 'jax', overwrite: bool = False,
+           progress: bool = True) -> list[dict]:
+  """tools/search: the top-K of each query in a gallery (either a
+  FEATURES.npz or images embedded now), [{query, exit, results: [{path,
+  distance, person}]}], also written to json_out and drawn to figure when
+  given."""
+  from dare_jax.inference import bundle as bundle_lib  # pylint: disable=g-import-not-at-top
+  _check_out(json_out, overwrite)
+  _check_out(figure, overwrite)
+  b = bundle_lib.Bundle.load(bundle_path, runtime)
+  names = check_exits(exit_name, b)
+  kw = dict(tta=tta, batch=batch, progress=progress)
+  g, skipped_g = load_or_embed(gallery_spec, b, 'gallery', **kw)
+  q, skipped_q = load_or_embed(query_spec, b, 'query', **kw)
+  for s in (skipped_g, skipped_q):
+    if s:
+      logging.warning('%s', s)
+  proto = protocol_lib.Protocol.from_bundle(b.meta,
+                                            f'{bundle_path}/bundle.json')
+  per_exit = {name: search(q.embeddings[name], g.embeddings[name], topk,
+                           proto=proto, rerank=rerank) for name in names}
+  by_exit = [results(q, g, name, idx, dist)
+             for name, (idx, dist) in per_exit.items()]
+  out = [r for rows in zip(*by_exit) for r in rows]  # a query's exits together
+  if json_out:
+    reporting.write_json(json_out, out)
+  if figure:
+    from dare_jax.figures import ranked as figures  # pylint: disable=g-import-not-at-top
+    if len(q) * len(names) > MAX_FIGURE_ROWS:
+      logging.warning('The figure shows the first %d of %d rows.',
+                      MAX_FIGURE_ROWS, len(q) * len(names))
+    figures.ranked_lists(figure, figure_rows(q, g, per_exit, b.input_hw),
+                         title=f'{os.path.basename(bundle_path.rstrip("/"))}'
+                               f'{"  re-ranked" if rerank else ""}')
   return out

@@ -14,7 +14,7 @@ An INPUT is one of
 No labels, splits or training data are needed; person and camera, when the
 CSV has them, travel with the embeddings (search draws green/red frames).
 
-An image is prepared as --mode=eval prepares it (data/pipeline.eval_batches):
+An image is prepared as --mode=eval prepares it (data/numpy_pipeline.eval_batches):
 decoded to RGB, then with tta=10 resized bilinearly (PIL) to the bundle's
 resize size and cut into its 10 TTA views (data/augment.ten_crop), the views'
 embeddings averaged; with tta=1 the whole image resized bilinearly (PIL) to

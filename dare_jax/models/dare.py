@@ -188,11 +188,23 @@ def embedding_names(model_cfg) -> tuple[str, ...]:
   return EMBEDDINGS
 
 
+# config.model fields by role, said once (checkpointing and bundles read
+# them): where the weights came from, and what else is not the network's
+# architecture (how it computes, initialises and trains). A checkpoint fits
+# any config that differs only in the latter.
+WEIGHT_SOURCE_FIELDS = ('pretrained', 'pretrained_heads', 'require_pretrained')
+NOT_ARCHITECTURE_FIELDS = WEIGHT_SOURCE_FIELDS + (
+    'dtype', 'conv1x1', 'depthwise', 'fusion_init_low', 'fusion_init_high',
+    'bn_momentum')
+
+
 def check_config(model_cfg) -> None:
   """Every config.model check (configlib.validate calls it first)."""
   _backbone_layout(model_cfg)
-  conv1x1_dot(model_cfg.get('conv1x1', 'auto'))
-  depthwise_shift(model_cfg.get('depthwise', 'auto'))
+  # The choices only: resolving 'auto' would start JAX's backend, which a
+  # multi-process run must initialise first.
+  _check_choice('conv1x1', model_cfg.get('conv1x1', 'auto'), CONV1X1)
+  _check_choice('depthwise', model_cfg.get('depthwise', 'auto'), DEPTHWISE)
   if model_cfg.dtype not in ('float32', 'bfloat16'):
     raise ConfigError(
         f"model.dtype={model_cfg.dtype!r}: use 'float32' or 'bfloat16' "
@@ -248,12 +260,16 @@ CONV1X1 = ('auto', 'conv', 'dot')
 DEPTHWISE = ('auto', 'conv', 'shift')
 
 
-def _cpu_formulation(field: str, choice: str, options) -> bool:
-  """True for the CPU formulation (options[2]): chosen, or 'auto' where
-  JAX's default backend is the CPU; options[1] is nn.Conv."""
+def _check_choice(field: str, choice: str, options) -> None:
   if choice not in options:
     raise ConfigError(f'model.{field}={choice!r}: use '
                       f"{', '.join(repr(o) for o in options)}.")
+
+
+def _cpu_formulation(field: str, choice: str, options) -> bool:
+  """True for the CPU formulation (options[2]): chosen, or 'auto' where
+  JAX's default backend is the CPU; options[1] is nn.Conv."""
+  _check_choice(field, choice, options)
   if choice == 'auto':
     return jax.default_backend() == 'cpu'
   return choice == options[2]

@@ -5,6 +5,9 @@ r"""The budgeted stream over a features file (dare_jax/budget/stream.py).
       --budgets=B1,B2,... [--routing=distance|margin|random] [--seed=0] \
       [--metric=euclidean] [--normalize] [--ap=market|standard]
 
+The distances are those of the file's protocol (retrieval/protocol.py: how
+the run scored it); --metric, --normalize and --ap override it.
+
 Costs are the cumulative Mul-Adds per image of each exit
 (`python -m dare_jax.tools.costs --config=...`), budgets the average
 Mul-Adds per query. Prints a JSON list to stdout, one object per budget in
@@ -20,9 +23,8 @@ from absl import flags
 from dare_jax import console
 from dare_jax import errors
 from dare_jax.budget import stream
-from dare_jax.evaluation import features as features_lib
-from dare_jax.evaluation import metrics
-from dare_jax.evaluation import protocol as protocol_lib
+from dare_jax.retrieval import exits as exits_lib
+from dare_jax.retrieval import features as features_lib
 from dare_jax.tools import cli
 
 # Plain strings, parsed below, so that every bad value gets the same
@@ -36,12 +38,7 @@ flags.DEFINE_string('budgets', None, 'Average budgets per query, '
 flags.DEFINE_string('routing', 'distance', 'distance, margin or random.')
 flags.DEFINE_string('seed', '0', 'Seed of the random routing\'s stream '
                     '(seeded once; each budget, in order, draws on).')
-flags.DEFINE_enum('metric', 'euclidean', list(metrics.METRICS),
-                  'The distance, as the run\'s eval.metric.')
-flags.DEFINE_bool('normalize', False, 'L2-normalise the embeddings first, as '
-                  'the run\'s eval.normalize (the dataset configs set it).')
-flags.DEFINE_string('ap', 'market', 'market (official, trapezoidal) or '
-                    'standard AP.')
+cli.define_protocol_flags()
 FLAGS = flags.FLAGS
 
 
@@ -63,11 +60,11 @@ def _parse():
   if len(costs) != len(exits):
     raise errors.ConfigError(f'--costs has {len(costs)} values but --exits '
                              f'names {len(exits)} exits.')
-  stream.check_costs(costs)
+  exits_lib.check_costs(costs)
   budgets = _numbers('budgets', FLAGS.budgets)
-  if FLAGS.routing not in stream.ROUTINGS:
+  if FLAGS.routing not in exits_lib.ROUTINGS:
     raise errors.ConfigError(f'--routing={FLAGS.routing!r}: expected one of '
-                             f'{", ".join(stream.ROUTINGS)}.')
+                             f'{", ".join(exits_lib.ROUTINGS)}.')
   try:
     seed = int(FLAGS.seed)
   except ValueError:
@@ -75,9 +72,6 @@ def _parse():
         f'--seed={FLAGS.seed!r}: not an integer.') from None
   if seed < 0:
     raise errors.ConfigError(f'--seed={seed}: must be >= 0.')
-  if FLAGS.ap not in metrics.AP_KINDS:
-    raise errors.ConfigError(f'--ap={FLAGS.ap!r}: expected one of '
-                             f'{", ".join(metrics.AP_KINDS)}.')
   return exits, costs, budgets, seed
 
 
@@ -90,10 +84,10 @@ def main(argv):
           '--costs=... --budgets=... [--flags]')
     exits, costs, budgets, seed = _parse()
     feats = features_lib.load_features(argv[1])
+    stream.check_exits(feats, exits)
     return stream.simulate(feats, exits, costs, budgets,
                            routing=FLAGS.routing, seed=seed,
-                           proto=protocol_lib.Protocol(
-                               FLAGS.metric, FLAGS.normalize, FLAGS.ap))
+                           proto=cli.protocol_of(feats, argv[1]))
   return cli.emit_json(compute, indent=2)
 
 

@@ -29,10 +29,11 @@ flags.DEFINE_string('workdir', None, 'The DaRe run (features.npz).')
 flags.DEFINE_multi_string('baseline', [],
                           'CONFIG.py[:VARIANT]@WORKDIR of a trained TriNet, '
                           'in the ensemble\'s order (cheapest first).')
-flags.DEFINE_enum('costs_source', 'traced', list(report.COSTS_SOURCES),
+flags.DEFINE_enum('costs_source', None, list(report.COSTS_SOURCES),
                   'Mul-Add counts of Figures 5 / 6: traced from the model, '
                   "or the authors' Caffe counts (ResNet-50 DaRe at 256x128, "
-                  'no baselines).')
+                  'no baselines). Default: the config\'s budget.costs_source '
+                  '(traced).')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
