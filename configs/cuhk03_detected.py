@@ -8,13 +8,18 @@ images_detected/, or the CUHK03-NP release (detected/bounding_box_train,
 
   python -m dare_jax.main --config=configs/cuhk03_detected.py \
       --config.data.root=/data/cuhk03-np --workdir=runs/cuhk03_detected
+
+Table 1's rows: this file is DaRe(R)+RE (random erasing on, as the
+authors' train.sh always trains), configs/cuhk03_detected.py:R is DaRe(R);
+--config.eval.rerank=True adds +RR (docs/results.md).
 """
 
 from dare_jax import defaults
 
 
-def get_config():
+def get_config(variant: str = ''):
   c = defaults.get_config()
   c.data.dataset = 'cuhk03_detected'
   defaults.dataset_protocol(c)
+  defaults.table1_row(c, variant, 'R', 'configs/cuhk03_detected.py')
   return c

@@ -10,13 +10,18 @@ are decoded batch by batch, never held in memory.
 
   python -m dare_jax.main --config=configs/mars.py \
       --config.data.root=/data/MARS --workdir=runs/mars
+
+Table 1's rows: this file is DaRe(R)+RE (random erasing on, as the
+authors' train.sh always trains), configs/mars.py:R is DaRe(R);
+--config.eval.rerank=True adds +RR (docs/results.md).
 """
 
 from dare_jax import defaults
 
 
-def get_config():
+def get_config(variant: str = ''):
   c = defaults.get_config()
   c.data.dataset = 'mars'
   defaults.dataset_protocol(c)
+  defaults.table1_row(c, variant, 'R', 'configs/mars.py')
   return c

@@ -17,7 +17,7 @@ Batches of P=18 identities x K=4 images, as DaRe's. Evaluated in the order
   done
 """
 
-from configs import market
+from dare_jax import defaults
 
 # TriNet's schedule (triplet-reid train.py defaults, market1501_train.sh).
 NUM_STEPS = 25000  # --train_iterations
@@ -29,7 +29,7 @@ def get_config(depth: str = '50'):
   if depth not in ('18', '34', '50'):
     raise ValueError(f'configs/trinet.py: depth {depth!r}; use 18, 34 or 50 '
                      '(configs/trinet.py:18).')
-  c = market.get_config()
+  c = defaults.sibling_config(__file__, 'market')
   c.model.heads = 'trinet'
   c.model.depth = int(depth)
   c.train.num_steps = NUM_STEPS

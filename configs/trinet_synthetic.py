@@ -13,16 +13,19 @@ it is compared with are trained alike.
       --workdir=runs/trinet_s
 """
 
-from configs import synthetic
+from dare_jax import defaults
+from dare_jax import errors
 
 WIDTHS = {'s': 8, 'm': 12, 'l': 16}
 
 
-def get_config(variant: str = 'l'):
+def get_config(variant: str = ''):
   if variant not in WIDTHS:
-    raise ValueError(f'configs/trinet_synthetic.py: variant {variant!r}; '
-                     f'use one of {sorted(WIDTHS)}.')
-  c = synthetic.get_config()
+    raise errors.ConfigError(
+        f'configs/trinet_synthetic.py{":" + variant if variant else ""}: '
+        'name the ensemble member, configs/trinet_synthetic.py:s, :m or :l '
+        '(TriNets of widths 8, 12, 16).')
+  c = defaults.sibling_config(__file__, 'synthetic')
   c.model.heads = 'trinet'
   c.model.width = WIDTHS[variant]
   return c

@@ -142,20 +142,6 @@ def with_pretrained(built: Built, state: TrainState, path: str, heads: bool,
                        batch_stats=placed['batch_stats']), loaded
 
 
-# torchvision's ImageNet files (the V1 weights the authors' code downloads),
-# by (backbone, depth).
-TORCHVISION_FILES = {
-    ('resnet', 18): 'resnet18-5c106cde.pth',
-    ('resnet', 34): 'resnet34-333f7ec4.pth',
-    ('resnet', 50): 'resnet50-19c8e357.pth',
-    ('resnet', 101): 'resnet101-5d3b4d8f.pth',
-    ('densenet', 121): 'densenet121-a639ec97.pth',
-    ('densenet', 161): 'densenet161-8d451a50.pth',
-    ('densenet', 169): 'densenet169-b2777c0a.pth',
-    ('densenet', 201): 'densenet201-c1103571.pth',
-}
-
-
 def check_pretrained(model_cfg) -> None:
   """ConfigError when a fresh run of a config that starts from ImageNet
   weights (model.require_pretrained) has no model.pretrained, or when
@@ -172,11 +158,8 @@ def check_pretrained(model_cfg) -> None:
     return
   if not m.get('require_pretrained', False):
     return
-  if m.backbone == 'mobilenet_v2':
-    name = 'mobilenet_v2-b0353104.pth'
-  else:
-    name = TORCHVISION_FILES.get((m.backbone, m.depth),
-                                 f'the torchvision {m.backbone}{m.depth} file')
+  from dare_jax.models import weights  # pylint: disable=g-import-not-at-top
+  name = weights.imagenet_file(m.backbone, m.depth)
   raise errors.ConfigError(
       f'This config trains from ImageNet weights, as the paper does, but '
       f'model.pretrained is empty. Download {name} '

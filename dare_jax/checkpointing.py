@@ -95,6 +95,23 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
   return restored['state'], meta
 
 
+def latest_meta(workdir: str) -> Optional[dict]:
+  """The metadata of workdir's latest checkpoint (model fingerprint,
+  dataset, evaluation fields), read without the state; None when the run
+  has no checkpoint (a features file from elsewhere)."""
+  if not fileio.isdir(fileio.join(fileio.absolute(workdir), 'checkpoints')):
+    return None
+  mngr = manager(workdir, 1, 1, read_only=True)
+  try:
+    step = mngr.latest_step()
+    if step is None:
+      return None
+    return mngr.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta']
+  finally:
+    mngr.close()
+
+
 def abstract_like(tree, sharding):
   """The restore target: tree's shapes and dtypes, placed with `sharding`."""
   return jax.tree.map(

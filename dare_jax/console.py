@@ -112,7 +112,16 @@ def _load_config(arg: str):
     raise ConfigError(f'--{CONFIG_FLAG}={arg}: no such file{hint}{where}')
   spec = importlib.util.spec_from_file_location('_dare_config_check', path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f'--{CONFIG_FLAG}={arg}: {e.filename}:{e.lineno}: '
+                      f'{e.msg} ({(e.text or "").strip()!r}); fix the '
+                      'file.') from None
+  except ImportError as e:
+    raise ConfigError(f'--{CONFIG_FLAG}={arg}: {e}; a config imports '
+                      'dare_jax (pip install -e .) and builds on other '
+                      'configs with defaults.sibling_config.') from None
   if not hasattr(module, 'get_config'):
     raise ConfigError(f'--{CONFIG_FLAG}={arg}: the file has no get_config(); '
                       'a config file defines get_config() returning a '
@@ -173,14 +182,18 @@ def parse_flags(argv):
 
 # Lines that other libraries log on every run and that say nothing a user
 # can act on: JAX probing for a TPU on a CPU or GPU host, Orbax narrating
-# each save and that a checkpoint opened for reading is read-only.
+# each save and that a checkpoint opened for reading is read-only, jax2onnx
+# narrating a conversion.
 _NOISE = ("Unable to initialize backend 'tpu'",
           'Given directory is read only')
 
 
 def _keep(record) -> bool:
   path = record.pathname
-  if 'orbax' in path and record.levelno < pylogging.WARNING:
+  # Orbax narrates each save; jax2onnx each conversion and its optional
+  # examples (MaxText, MaxDiffusion) that have nothing to do with ours.
+  if (('orbax' in path or 'jax2onnx' in path) and
+      record.levelno < pylogging.WARNING):
     return False
   if ('orbax' in path or 'xla_bridge' in path) and any(
       n in record.getMessage() for n in _NOISE):

@@ -6,7 +6,12 @@ code lives here, named as the paper names it, and nowhere else. It is also the
 schema: configlib refuses any field that is not here.
 """
 
+import importlib.util
+import os
+
 import ml_collections
+
+from dare_jax import errors
 
 
 def get_config():
@@ -177,6 +182,34 @@ def dataset_protocol(c) -> None:
   code); metrics.json reports the unnormalised ranking beside it."""
   c.model.require_pretrained = True
   c.eval.normalize = True
+
+
+def table1_row(c, variant: str, row: str, where: str) -> None:
+  """The paper's Table 1 rows of one backbone and dataset: '' is DaRe(row)
+  + RE (random erasing on, as the authors' train.sh always trains: their
+  released models and Figures 5-6), `row` ('R' or 'De') is DaRe(row)
+  without erasing. Re-ranking (+RR) is --config.eval.rerank=True on either.
+  """
+  if variant not in ('', row):
+    raise errors.ConfigError(
+        f'{where}:{variant}: the variants are {where} (DaRe({row})+RE, '
+        f"random erasing on, as the authors' train.sh) and {where}:{row} "
+        f'(DaRe({row}), no erasing); add --config.eval.rerank=True for the '
+        '+RR rows.')
+  c.data.random_erasing = variant == ''
+
+
+def sibling_config(config_file: str, name: str, *args):
+  """get_config(*args) of configs/NAME.py beside `config_file` (a config's
+  __file__), loaded by path: a config built on another runs from any
+  working directory, not only the repository's root."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)),
+                      f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'_dare_jax_config_{name}',
+                                                path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)
 
 
 def small_cpu_model(c, width: int):

@@ -10,10 +10,13 @@ Training calls run_evaluation on its final state.
 
 from __future__ import annotations
 
+import re
+
 from absl import logging
 
 from dare_jax import builder
 from dare_jax import distributed
+from dare_jax import errors
 from dare_jax import fileio
 from dare_jax import reporting
 from dare_jax.data import datasets
@@ -123,35 +126,93 @@ def write_ranked_lists(config, dataset, feats, workdir: str,
       proto=protocol_lib.Protocol.from_config(config.eval), n=10, topk=10)
 
 
-def restore(config, workdir: str):
-  """(built, dataset, state, meta) for evaluating workdir's latest
-  checkpoint. The checkpoint is found before the dataset is read, and
-  nothing is created: a mistyped workdir fails at once and leaves no
+# The fields that decide what an evaluation writes (the embeddings and how
+# they are scored): a checkpoint records them, and --mode=eval / export under
+# other values writes beside the run's files only when asked (--eval_name).
+EVAL_FIELDS = ('data.input_size', 'data.resize_factor', 'data.mean',
+               'data.std', 'eval.tta', 'eval.metric', 'eval.normalize',
+               'eval.ap', 'eval.ranks', 'eval.rerank', 'eval.k1', 'eval.k2',
+               'eval.lambda_value', 'eval.max_tracklet_frames')
+_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*')
+
+
+def eval_fields(config) -> dict:
+  """{dotted field: value} of EVAL_FIELDS, JSON-ready (what a checkpoint's
+  metadata records as 'eval')."""
+  out = {}
+  for dotted in EVAL_FIELDS:
+    section, field = dotted.split('.')
+    v = config[section][field]
+    out[dotted] = list(v) if isinstance(v, (tuple, list)) else v
+  return out
+
+
+def output_suffix(config, meta: dict, name: str = '') -> str:
+  """The suffix of the files an evaluation writes: '' for the run's own
+  metrics.json / features.npz; '_NAME' with --eval_name=NAME; '_DATASET'
+  for another dataset than the run's (cross_domain_suffix). An evaluation
+  whose EVAL_FIELDS differ from the run's, without a name, is refused
+  naming the fields (it would overwrite the run's numbers with others)."""
+  if name:
+    if not _NAME.fullmatch(name):
+      raise errors.ConfigError(
+          f'--eval_name={name!r}: letters, digits, ".", "_" and "-" only '
+          '(it names metrics_NAME.json).')
+    return f'_{name}'
+  suffix = cross_domain_suffix(config, meta)
+  saved = meta.get('eval')
+  if suffix or not saved:  # another dataset, or a run from before the record
+    return suffix
+  now = eval_fields(config)
+  # Turning re-ranking on adds its numbers and changes none; k1, k2 and
+  # lambda matter only when both rank with it.
+  rr = ('eval.rerank', 'eval.k1', 'eval.k2', 'eval.lambda_value')
+  skip = rr if not (saved.get('eval.rerank') and now['eval.rerank']) else ()
+  diff = [k for k in EVAL_FIELDS
+          if k in saved and k not in skip and saved[k] != now[k]]
+  if diff:
+    raise errors.ConfigError(
+        'this config evaluates otherwise than the run did ('
+        + '; '.join(f'{k}: run {saved[k]!r}, config {now[k]!r}'
+                    for k in diff)
+        + "): it would overwrite the run's metrics.json, features.npz and "
+        'figures with other numbers. Evaluate with the run\'s settings, or '
+        'pass --eval_name=NAME to write metrics_NAME.json and '
+        'features_NAME.npz beside them.')
+  return ''
+
+
+def restore(config, workdir: str, name: str = ''):
+  """(built, dataset, state, meta, suffix) for evaluating workdir's latest
+  checkpoint. The checkpoint is found and the output names decided
+  (output_suffix) before the dataset is read, and nothing is created: a
+  mistyped workdir or a refused evaluation fails at once and leaves no
   folder behind."""
   built = builder.build(config, training=False)
   state, meta = builder.restore_for_eval(built, workdir)
+  suffix = output_suffix(config, meta, name)
   # Evaluation reads the query and gallery only; the train split may be
   # empty (another dataset's test set).
   dataset = datasets.load_dataset(config.data, nonempty=('query', 'gallery'))
-  return built, dataset, state, meta
+  return built, dataset, state, meta, suffix
 
 
-def evaluate_checkpoint(config, workdir: str) -> dict:
-  built, dataset, state, meta = restore(config, workdir)
-  suffix = cross_domain_suffix(config, meta)
-  if suffix:
+def evaluate_checkpoint(config, workdir: str, name: str = '') -> dict:
+  """--mode=eval; name (--eval_name): write metrics_NAME.json etc."""
+  built, dataset, state, meta, suffix = restore(config, workdir, name)
+  if suffix and not name:
     logging.info('Trained on %s, evaluated on %s: writing metrics%s.json.',
                  meta['dataset'], config.data.dataset, suffix)
   return run_evaluation(built, dataset, state, workdir,
                         meta.get('train_loss', {}), suffix)
 
 
-def export_features(config, workdir: str) -> str:
-  built, dataset, state, meta = restore(config, workdir)
+def export_features(config, workdir: str, name: str = '') -> str:
+  """--mode=export: workdir/features.npz (features_NAME.npz with a name)."""
+  built, dataset, state, _, suffix = restore(config, workdir, name)
   feats = embed_dataset(config, built.model, builder.variables(state),
                         dataset, built.mesh)
-  path = fileio.join(workdir,
-                      f'features{cross_domain_suffix(config, meta)}.npz')
+  path = fileio.join(workdir, f'features{suffix}.npz')
   if distributed.is_main_process():
     write_features(path, feats, config.eval)
   logging.info('Wrote %s', path)

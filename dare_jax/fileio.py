@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 import time
 from typing import Mapping, Union
 
@@ -171,3 +172,39 @@ class AppendLog:
       self.flush()
     else:
       self._f.close()
+
+
+def check_writable(p: PathLike, what: str = '--workdir') -> None:
+  """ConfigError, before any work, unless the folder p can be created or
+  written: not a file, not below a file, on a writable file system. Object
+  stores (gs://) are not probed (a write there fails with the store's own
+  message)."""
+  from dare_jax import errors  # pylint: disable=g-import-not-at-top
+  if is_remote(p):
+    return
+  target = os.path.abspath(os.fspath(p))
+  if os.path.exists(target) and not os.path.isdir(target):
+    raise errors.ConfigError(f'{what}={p} is a file, not a folder; give a '
+                             'folder (it is created if missing).')
+  probe = target
+  while not os.path.exists(probe):
+    parent = os.path.dirname(probe)
+    if parent == probe:
+      break
+    probe = parent
+  if not os.path.isdir(probe):
+    raise errors.ConfigError(f'{what}={p}: {probe} is a file, so no folder '
+                             'can be made below it; give another path.')
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise errors.ConfigError(
+        f'{what}={p}: {probe} is not writable (permissions, or a read-only '
+        'file system); give a folder you can write, e.g. under $HOME.')
+  # os.access ignores a read-only mount for root: try a file.
+  try:
+    fd, tmp = tempfile.mkstemp(prefix='.dare_jax_write_check', dir=probe)
+    os.close(fd)
+    os.remove(tmp)
+  except OSError as e:
+    raise errors.ConfigError(
+        f'{what}={p}: cannot write in {probe} ({e.strerror}); give a folder '
+        'you can write, e.g. under $HOME.') from None

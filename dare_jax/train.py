@@ -170,7 +170,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
               checkpointing.save(mngr, done, state,
                                  {'model': fingerprint,
                                   'train_loss': train_loss,
-                                  'dataset': config.data.dataset},
+                                  'dataset': config.data.dataset,
+                                  'eval': eval_mode.eval_fields(config)},
                                  force=last or leave)
               reporter.flush()
           if leave and not last:

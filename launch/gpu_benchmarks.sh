@@ -11,7 +11,7 @@
 #   evaluation_market.json / evaluation_100k.json   CMC/mAP and re-ranking at
 #                         Market-1501 size (3,368 x 15,913) and a 100,000 gallery
 #   latency_b1.json / latency_b8.json   each exit's forward (JAX)
-#   anytime.json          bench.anytime, batches 1 and 8, three budgets
+#   anytime.json          bench.early_exit, batches 1 and 8, three budgets
 #
 # Needs JAX with CUDA, flax, optax, orbax-checkpoint, numpy, absl-py and, for the
 # peer, PyTorch. TensorFlow is never imported here. ml-collections (configs and

@@ -494,8 +494,10 @@ def test_stream_cli_deadline_and_errors(made_up, tmp_path):
              cwd=str(cwd))
   assert bad.returncode == 1 and 'Traceback' not in bad.stderr
   assert '--budget=MUL_ADDS or --deadline-ms' in bad.stderr
+  # Margin routing, asked for, on a gallery without person ids (the default,
+  # auto, takes distance there: tests/mistakes_test.py).
   margin = _cli('stream', bundle_dir, f'--gallery={gal}', f'--queries={gal}',
-                '--budget=1e9', cwd=str(cwd))
+                '--budget=1e9', '--routing=margin', cwd=str(cwd))
   assert margin.returncode == 1 and '--routing=distance' in margin.stderr
 
 

@@ -173,7 +173,12 @@ def test_report_scores_as_the_run_did(runs, tmp_path):
   shutil.copytree(workdir, run)
   normalized = ml_collections.ConfigDict(c.to_dict())
   normalized.eval.normalize = True
-  eval_mode.evaluate_checkpoint(normalized, run)
+  # As if the run had been evaluated so: its own files, under the names the
+  # report reads (--eval_name keeps the run's files; here they are replaced).
+  eval_mode.evaluate_checkpoint(normalized, run, name='n')
+  for stem, ext in (('metrics', 'json'), ('features', 'npz')):
+    os.replace(os.path.join(run, f'{stem}_n.{ext}'),
+               os.path.join(run, f'{stem}.{ext}'))
   with open(os.path.join(run, 'metrics.json')) as f:
     metrics = json.load(f)
   data = report.compute_report(c, run)  # c: eval.normalize=False

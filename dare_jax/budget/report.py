@@ -25,6 +25,7 @@ from typing import Any, Sequence
 from absl import logging
 import numpy as np
 
+from dare_jax import checkpointing
 from dare_jax import errors
 from dare_jax import fileio
 from dare_jax import reporting
@@ -189,6 +190,17 @@ def compute_report(config, workdir: str,
     raise errors.DataError(
         f'{workdir}/features.npz lacks {", ".join(missing)}: the resource '
         'report needs a DaRe (4 exits and the fusion), not a TriNet.')
+  # The dataset the figures draw from, checked against the file first.
+  dataset = datasets.load_dataset(config.data)
+  for side in ('query', 'gallery'):
+    split, ids = getattr(dataset, side), feats[f'{side}_pids']
+    if split.num_items != len(ids) or not np.array_equal(
+        split.item_ids()[0], ids):
+      raise errors.DataError(
+          f'{path} holds {len(ids)} {side} items, not those of the '
+          f'{dataset.name!r} {side} split this config reads '
+          f'({split.num_items}): report the run with the config it was '
+          'evaluated with.')
   exit_costs = exit_costs_of(config, costs_source, baselines)
   logging.info('Mul-Adds per exit (cumulative, %s): %s', costs_source,
                exit_costs)
@@ -219,7 +231,6 @@ def compute_report(config, workdir: str,
         answer_retrievals, c_s, budgets, routing=routing, seed=bcfg.seed)
 
   # Queries for the retrieval figures.
-  dataset = datasets.load_dataset(config.data)
   resize_hw = spec_lib.ImageSize.from_data_config(config.data).resize_hw
   correct = {e: retrievals[e].top1_correct() for e in answers}
   n = bcfg.num_examples
@@ -336,6 +347,22 @@ def summary_lines(report: dict) -> list[str]:
   return lines
 
 
+def check_run(config, workdir: str) -> None:
+  """Before any work: the config is the run's (its model, for the costs;
+  its dataset, for the figures' images). A workdir without checkpoints
+  (features from elsewhere) is taken as it is."""
+  meta = checkpointing.latest_meta(workdir)
+  if meta is None:
+    return
+  checkpointing.check_fingerprint(meta, config.model, workdir)
+  trained_on = meta.get('dataset')
+  if trained_on and trained_on != config.data.dataset:
+    raise errors.ConfigError(
+        f'{workdir} was trained on {trained_on!r}; this config reads '
+        f'{config.data.dataset!r}: --mode=budget reports the run with its '
+        'own config (the features.npz and figures are of its dataset).')
+
+
 def budget_mode(config, workdir: str) -> dict:
   """--mode=budget: the report without baselines, summarised in the log."""
   path = fileio.join(workdir, 'features.npz')
@@ -344,6 +371,7 @@ def budget_mode(config, workdir: str) -> dict:
         f'--mode=budget reads {path}, which does not exist: train first '
         '(--mode=train writes it) or write it from a trained checkpoint '
         'with --mode=export.')
+  check_run(config, workdir)
   result = resource_report(config, workdir)
   for line in summary_lines(result):
     logging.info('%s', line)

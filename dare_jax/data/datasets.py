@@ -36,14 +36,14 @@ def cache_dir(data_cfg) -> str:
       os.path.expanduser('~'), '.cache', 'dare_jax')
 
 
-def _read_folder(data_cfg) -> ReidDataset:
-  """The reader of data.dataset over the folder data.root (or manifest)."""
+def check_root(data_cfg) -> None:
+  """The folder a folder-source dataset reads (data.root), checked without
+  reading it: ConfigError when empty, DataNotFoundError when missing. The
+  synthetic dataset, TFDS and a folder manifest need none."""
   name, root = data_cfg.dataset, data_cfg.root
-  readers = 'dare_jax.data.readers.'
-  if name == 'folder' and data_cfg.manifest:
-    folder = importlib.import_module(readers + 'folder')
-    return folder.read_manifest(data_cfg.manifest, root=root or None,
-                                split_seed=data_cfg.split_seed)
+  if (name == 'synthetic' or data_cfg.source == 'tfds' or
+      (name == 'folder' and data_cfg.manifest)):
+    return
   if not root:
     raise errors.ConfigError(
         f'data.dataset={name!r} needs data.root: pass '
@@ -53,6 +53,17 @@ def _read_folder(data_cfg) -> ReidDataset:
   if not os.path.isdir(root):
     raise errors.DataNotFoundError(
         f'data.root={root!r} does not exist or is not a folder.')
+
+
+def _read_folder(data_cfg) -> ReidDataset:
+  """The reader of data.dataset over the folder data.root (or manifest)."""
+  name, root = data_cfg.dataset, data_cfg.root
+  readers = 'dare_jax.data.readers.'
+  if name == 'folder' and data_cfg.manifest:
+    folder = importlib.import_module(readers + 'folder')
+    return folder.read_manifest(data_cfg.manifest, root=root or None,
+                                split_seed=data_cfg.split_seed)
+  check_root(data_cfg)
   module, fn = _READERS[name]
   read = getattr(importlib.import_module(readers + module), fn)
   if name.startswith('cuhk03_'):

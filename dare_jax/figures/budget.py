@@ -182,9 +182,11 @@ def anytime_curve(curves: Mapping[str, Mapping[str, Sequence]], out_png: str,
     line, = ax.step(xs, ys, where='post', lw=1.8, label=label)
     ax.plot(xs[:-1], vals, markers[k % len(markers)], color=line.get_color(),
             ms=6)
-    for x, y, name in zip(xs, vals, names):
+    for i, (x, y, name) in enumerate(zip(xs, vals, names)):
+      last = i == len(vals) - 1  # right-aligned: inside the axes
       ax.annotate(name, (x, y), textcoords='offset points',
-                  xytext=(4, -12 if k % 2 else 5), fontsize=8,
+                  xytext=(-4 if last else 4, -12 if k % 2 else 5),
+                  ha='right' if last else 'left', fontsize=8,
                   color=line.get_color())
   ylabel = 'Rank-1 (%)' if metric == 'rank1' else 'mAP (%)'
   ax.set(xlim=(0, x_max / div), xlabel=_cost_label('budget per query', suffix),

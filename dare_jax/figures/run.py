@@ -55,8 +55,12 @@ def exit_accuracy(metrics: Mapping[str, Mapping[str, float]],
     bars = ax.bar(xs, vals, width, label=label)
     ax.bar_label(bars, fmt='%.1f', fontsize=8)
   ax.set_xticks(range(len(names)), names)
-  ax.set(ylabel='%', ylim=(0, 105), title='accuracy per exit')
-  ax.legend(loc='lower right')
+  ax.set(ylabel='%', ylim=(0, 105))
+  # Below the exit names, in a row: inside the axes any corner can cover a
+  # bar.
+  ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.09), ncol=2,
+            frameon=False)
+  ax.set_title('accuracy per exit')
   fig.tight_layout()
   common.save(fig, out_png, 110)
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import zipfile
 from typing import Any, Callable, Mapping
 
 import jax
@@ -167,8 +168,16 @@ def onnx_session(model: bytes | str, threads: int = 0, spin: bool = True):
   opts.intra_op_num_threads = threads
   if not spin:
     opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
-  return ort.InferenceSession(model, sess_options=opts,
-                              providers=['CPUExecutionProvider'])
+  try:
+    return ort.InferenceSession(model, sess_options=opts,
+                                providers=['CPUExecutionProvider'])
+  except Exception as e:  # onnxruntime raises its own, unexported types
+    what = model if isinstance(model, str) else 'the ONNX model'
+    raise errors.DataError(
+        f'{what}: onnxruntime cannot read it ({" ".join(str(e).split())[:200]}'
+        '): the bundle is damaged or was cut short; export it again with '
+        'python -m dare_jax.tools.export_bundle, or use --runtime=jax.'
+    ) from None
 
 
 def onnx_forward(session) -> Callable:
@@ -284,7 +293,13 @@ class Bundle:
           'dare_jax.tools.export_bundle).')
     meta_path = fileio.join(path, META)
     if fileio.isfile(meta_path):  # the version first: it explains the rest
-      meta = json.loads(fileio.read_text(meta_path))
+      try:
+        meta = json.loads(fileio.read_text(meta_path))
+      except ValueError as e:
+        raise errors.DataError(
+            f'{meta_path}: not valid JSON ({e}): the bundle is damaged or '
+            'was cut short; export it again with python -m '
+            'dare_jax.tools.export_bundle.') from None
       _check_meta(meta_path, meta)
     for f in FILES:
       if not fileio.isfile(fileio.join(path, f)):
@@ -292,8 +307,15 @@ class Bundle:
             f'{path}: the bundle lacks {f} (a version-{FORMAT_VERSION} '
             f'bundle holds {", ".join(FILES)}; write one with python -m '
             'dare_jax.tools.export_bundle).')
-    with fileio.open_npz(fileio.join(path, PARAMS)) as npz:
-      flat = {k: npz[k] for k in npz.files}
+    params = fileio.join(path, PARAMS)
+    try:
+      with fileio.open_npz(params) as npz:
+        flat = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+      raise errors.DataError(
+          f'{params}: not a readable .npz ({e}): the bundle is damaged or '
+          'was cut short; export it again with python -m '
+          'dare_jax.tools.export_bundle.') from None
     digest = hashlib.sha256()  # of the arrays, not the zip (it dates them)
     for k in sorted(flat):
       digest.update(f'{k}:{flat[k].dtype.str}:{flat[k].shape};'.encode())

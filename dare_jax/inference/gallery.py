@@ -325,6 +325,9 @@ def search_files(bundle_path: str, gallery_spec: str, query_spec: str, *,
   for s in (skipped_g, skipped_q):
     if s:
       logging.warning('%s', s)
+  if topk > len(g):
+    logging.warning('--topk=%d: the gallery holds %d images; each query '
+                    'lists %d.', topk, len(g), len(g))
   proto = protocol_lib.Protocol.from_bundle(b.meta,
                                             f'{bundle_path}/bundle.json')
   per_exit = {name: search(q.embeddings[name], g.embeddings[name], topk,
@@ -339,7 +342,10 @@ def search_files(bundle_path: str, gallery_spec: str, query_spec: str, *,
     if len(q) * len(names) > MAX_FIGURE_ROWS:
       logging.warning('The figure shows the first %d of %d rows.',
                       MAX_FIGURE_ROWS, len(q) * len(names))
-    figures.ranked_lists(figure, figure_rows(q, g, per_exit, b.input_hw),
-                         title=f'{os.path.basename(bundle_path.rstrip("/"))}'
-                               f'{"  re-ranked" if rerank else ""}')
+    figures.ranked_lists(
+        figure, figure_rows(q, g, per_exit, b.input_hw),
+        title=(f'{os.path.basename(bundle_path.rstrip("/"))}: the top '
+               f'{min(topk, len(g))} of {len(g)} gallery images per query '
+               f'({", ".join(names)}; {proto.describe()}'
+               f'{", re-ranked" if rerank else ""})'))
   return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import Mapping, Optional
 
+from absl import logging
 import numpy as np
 
 from dare_jax import errors
@@ -28,9 +29,63 @@ from dare_jax.inference import bundle as bundle_lib
 from dare_jax.inference import engine as engine_lib
 from dare_jax.inference import gallery as gallery_lib
 from dare_jax.inference import images as images_lib
+from dare_jax.retrieval import exits as exits_lib
 from dare_jax.retrieval import protocol as protocol_lib
 
 RUNTIMES = ('jax', 'onnx')
+ROUTINGS = ('auto',) + exits_lib.ROUTINGS
+_UNITS = {'': 1.0, 'k': 1e3, 'm': 1e6, 'g': 1e9, 'b': 1e9}
+
+
+def _mul_adds(n: float) -> str:
+  return f'{n / 1e9:.3g}G' if n >= 1e9 else f'{n / 1e6:.3g}M'
+
+
+def cost_range(b) -> str:
+  """The bundle's exit costs, as the errors and the summary say them."""
+  return ', '.join(f'{e} {_mul_adds(b.exit_costs[e])}'
+                   for e in engine_lib.EXITS)
+
+
+def parse_budget(text, b) -> float:
+  """--budget as Mul-Adds per query: a number ('2900000', '2.9e6'), with a
+  unit ('2.9M', '1.2G', '800k'), a share of the way from stage 1's cost to
+  the full model's ('0%' = C_1, '50%' halfway, '100%' = C_4: always
+  valid), or a multiple of the full cost ('0.5x'); ConfigError (with the
+  bundle's C_1..C_4) below stage 1's cost or not a number. Above the full
+  cost every query is answered by the fusion."""
+  costs = [float(b.exit_costs[e]) for e in engine_lib.EXITS]
+  t = str(text).strip().lower().replace('_', '').replace(',', '')
+  try:
+    if t.endswith('%'):  # of the way from stage 1's cost to the full one
+      value = costs[0] + float(t[:-1]) / 100 * (costs[-1] - costs[0])
+    elif t.endswith('x'):
+      value = float(t[:-1]) * costs[-1]
+    else:
+      unit = t[-1] if t and t[-1] in 'kmgb' else ''
+      value = float(t[:len(t) - len(unit)]) * _UNITS[unit]
+  except ValueError:
+    value = float('nan')
+  valid = (f'the exits cost {cost_range(b)} Mul-Adds per query (bundle.json); '
+           f'a budget is at least stage 1\'s {_mul_adds(costs[0])}, e.g. '
+           f'--budget={_mul_adds((costs[0] + costs[-1]) / 2)} or '
+           '--budget=50% (halfway from stage 1 to the full model)')
+  if not np.isfinite(value):
+    raise errors.ConfigError(f'--budget={text}: not a number; {valid}.')
+  if value < costs[0]:
+    raise errors.ConfigError(f'--budget={text} ({_mul_adds(value)}) is below '
+                             f'what any answer costs: {valid}.')
+  return value
+
+
+def check_deadline(deadline_ms) -> float:
+  d = float(deadline_ms)
+  if not (np.isfinite(d) and d > 0):
+    raise errors.ConfigError(
+        f'--deadline-ms={deadline_ms}: milliseconds per micro-batch, > 0 '
+        '(queries that stage 1 cannot answer in time still get its answer, '
+        'late).')
+  return d
 
 
 def check_exits(b, where: str) -> None:
@@ -76,11 +131,13 @@ def open_engine(b, embeddings: Mapping[str, np.ndarray], g_pids, g_camids, *,
 
 
 def stream_files(bundle_path: str, gallery_spec: str, queries_spec: str, *,
-               budget=None, deadline_ms=None, routing: str = 'margin',
+               budget=None, deadline_ms=None, routing: str = 'auto',
                batch: int = 16, mode: str = 'batch', runtime: str = 'jax',
                topk: int = 10, seed: int = 0, json_out: str = '', overwrite: bool = False,
                progress: bool = True) -> dict:
-  """Streams the queries; returns the --json object."""
+  """Streams the queries; returns the --json object. budget: Mul-Adds per
+  query (a number, or text as parse_budget reads it: '2.9M', '50%');
+  routing 'auto': margin for a labelled gallery, distance otherwise."""
   if json_out and fileio.exists(json_out) and not overwrite:
     raise errors.ConfigError(f'{json_out} exists; pass --overwrite to '
                              'replace it.')
@@ -92,19 +149,34 @@ def stream_files(bundle_path: str, gallery_spec: str, queries_spec: str, *,
   if mode == 'queued' and deadline_ms is not None:
     raise errors.ConfigError('--mode=queued is for a --budget; a deadline '
                              'answers each micro-batch by itself.')
+  if routing not in ROUTINGS:
+    raise errors.ConfigError(f'--routing={routing!r}: use one of '
+                             f'{", ".join(ROUTINGS)}.')
   b = bundle_lib.Bundle.load(bundle_path)
-  g, _ = gallery_lib.load_or_embed(gallery_spec, b, progress=progress)
+  check_exits(b, bundle_path)
+  if budget is not None:
+    budget = parse_budget(budget, b)
+  else:
+    deadline_ms = check_deadline(deadline_ms)
   queries = images_lib.read_inputs(queries_spec)
+  g, _ = gallery_lib.load_or_embed(gallery_spec, b, progress=progress)
   n_g = len(g)
   g_pids = (g.inputs.person if g.inputs.person is not None else
             np.zeros(n_g, np.int64))
   g_camids = (g.inputs.camera if g.inputs.camera is not None else
               np.full(n_g, -1, np.int64))
+  if routing == 'auto':  # margin reads the gallery's person ids
+    routing = 'margin' if g.inputs.person is not None else 'distance'
+    logging.info('--routing=auto: %s (the gallery %s person ids).', routing,
+                 'has' if routing == 'margin' else 'has no')
   if routing == 'margin' and g.inputs.person is None:
     raise errors.ConfigError(
         '--routing=margin reads the gallery\'s person ids (a labelled CSV, '
-        'path,person,camera); use --routing=distance for an unlabelled '
-        'gallery.')
+        'path,person,camera); use --routing=distance (or auto) for an '
+        'unlabelled gallery.')
+  if topk > n_g:
+    logging.warning('--topk=%d: the gallery holds %d images; each answer '
+                    'lists %d.', topk, n_g, n_g)
   labelled = queries.person is not None
   engine = open_engine(b, g.embeddings, g_pids, g_camids, routing=routing,
                        budget=budget, deadline_ms=deadline_ms, batch=batch,

@@ -75,6 +75,29 @@ from dare_jax.errors import ConfigError
 # The authors' names for exit head s (1-based; i = s - 1) and the fusion,
 # per backbone; edit these (or pass head_layout= / fusion_name=) for a
 # checkpoint laid out otherwise.
+# torchvision's ImageNet files (the V1 weights the authors' code downloads;
+# MobileNetV2's at any depth), by (backbone, depth): the file a config that
+# starts from ImageNet names when model.pretrained is empty.
+TORCHVISION_FILES = {
+    ('resnet', 18): 'resnet18-5c106cde.pth',
+    ('resnet', 34): 'resnet34-333f7ec4.pth',
+    ('resnet', 50): 'resnet50-19c8e357.pth',
+    ('resnet', 101): 'resnet101-5d3b4d8f.pth',
+    ('densenet', 121): 'densenet121-a639ec97.pth',
+    ('densenet', 161): 'densenet161-8d451a50.pth',
+    ('densenet', 169): 'densenet169-b2777c0a.pth',
+    ('densenet', 201): 'densenet201-c1103571.pth',
+}
+MOBILENET_V2_FILE = 'mobilenet_v2-b0353104.pth'
+
+
+def imagenet_file(backbone: str, depth: int) -> str:
+  if backbone == 'mobilenet_v2':
+    return MOBILENET_V2_FILE
+  return TORCHVISION_FILES.get((backbone, depth),
+                               f'the torchvision {backbone}{depth} file')
+
+
 HEAD_LAYOUTS = {
     'resnet': {'fc1': 'layer{s}_fc.0', 'bn': 'layer{s}_fc.1',
                'fc2': 'layer{s}_fc.4'},
