@@ -190,9 +190,9 @@ _NOISE = ("Unable to initialize backend 'tpu'",
 
 def _keep(record) -> bool:
   path = record.pathname
-  # Orbax narrates each save; jax2onnx each conversion and its optional
-  # examples (MaxText, MaxDiffusion) that have nothing to do with ours.
-  if (('orbax' in path or 'jax2onnx' in path) and
+  # Orbax narrates each save; jax2onnx (and onnx_ir, its graph passes)
+  # each conversion and its optional examples (MaxText, MaxDiffusion).
+  if (any(lib in path for lib in ('orbax', 'jax2onnx', 'onnx_ir')) and
       record.levelno < pylogging.WARNING):
     return False
   if ('orbax' in path or 'xla_bridge' in path) and any(

@@ -87,16 +87,22 @@ def check_budget(budget) -> float:
   return b
 
 
-def exit_fractions(costs_S: Sequence[float], budget: float) -> np.ndarray:
-  """Eq. 3: float64 [S] fractions p_s ~ q^(s-1) with sum_s p_s C_s = B."""
+def _checked(costs_S, budget):
+  """(costs, budget, p): p is every query at the first exit for B <= C_1,
+  at the last for B >= C_S, and None between (the caller's case)."""
   c = check_costs(costs_S)
   b = check_budget(budget)
-  p = np.zeros_like(c)
-  if b <= c[0]:
-    p[0] = 1.0
-    return p
-  if b >= c[-1]:
-    p[-1] = 1.0
+  p = None
+  if b <= c[0] or b >= c[-1]:
+    p = np.zeros_like(c)
+    p[0 if b <= c[0] else -1] = 1.0
+  return c, b, p
+
+
+def exit_fractions(costs_S: Sequence[float], budget: float) -> np.ndarray:
+  """Eq. 3: float64 [S] fractions p_s ~ q^(s-1) with sum_s p_s C_s = B."""
+  c, b, p = _checked(costs_S, budget)
+  if p is not None:
     return p
   powers = np.arange(c.size, dtype=np.float64)
   coef = c - b
@@ -127,14 +133,9 @@ def exit_fractions(costs_S: Sequence[float], budget: float) -> np.ndarray:
 
 def random_fractions(costs_S: Sequence[float], budget: float) -> np.ndarray:
   """The random baseline: float64 [S], the two exits around B share it."""
-  c = check_costs(costs_S)
-  b = check_budget(budget)
-  p = np.zeros_like(c)
-  if b <= c[0]:
-    p[0] = 1.0
-  elif b >= c[-1]:
-    p[-1] = 1.0
-  else:
+  c, b, p = _checked(costs_S, budget)
+  if p is None:
+    p = np.zeros_like(c)
     s = int(np.searchsorted(c, b, side='right')) - 1  # c[s] <= b < c[s+1]
     p[s] = (c[s + 1] - b) / (c[s + 1] - c[s])
     p[s + 1] = 1.0 - p[s]
