@@ -18,14 +18,13 @@ from dare_jax import fileio
 from dare_jax.errors import CheckpointError
 from dare_jax.models import dare
 
-# Fields of config.model that do not change the parameter tree.
-# Fields that do not change the parameters (conv1x1: how 1x1 convolutions
-# are computed) may differ between a checkpoint and the run restoring it.
-
-
 def model_fingerprint(model_cfg) -> dict:
+  """The config.model fields that make the parameter tree: a checkpoint
+  fits any config that differs only in the others
+  (dare.NOT_ARCHITECTURE_FIELDS)."""
   d = json.loads(model_cfg.to_json())
-  return {k: v for k, v in sorted(d.items()) if k not in dare.NOT_ARCHITECTURE_FIELDS}
+  return {k: v for k, v in sorted(d.items())
+          if k not in dare.NOT_ARCHITECTURE_FIELDS}
 
 
 class WrongModelError(CheckpointError):

@@ -12,8 +12,8 @@ environment, where set, wins.
 
 parse_flags validates the config (configlib.validate) of every command that
 takes one, before its main runs. A misspelt config file or override is
-caught before absl and ml_collections see it (they would end in a long traceback with the hint inside an escaped
-string): the file is loaded here, each `--config.a.b=v` path is walked
+caught before absl and ml_collections see it (they would end in a long
+traceback with the hint inside an escaped string): the file is loaded here, each `--config.a.b=v` path is walked
 through it, and the first unknown part is named with the closest field.
 """
 

@@ -1,6 +1,7 @@
-"""The evaluation modes (--mode=eval, --mode=export): embed a dataset's query and gallery with TTA, score the
-embeddings (CMC/mAP, re-ranking), write metrics.json, features.npz and the
-figures (training curves, accuracy per exit, ranked lists).
+"""The evaluation modes (--mode=eval, --mode=export): embed a dataset's
+query and gallery with TTA, score the embeddings (CMC/mAP, re-ranking),
+write metrics.json, features.npz and the figures (training curves, accuracy
+per exit, ranked lists).
 
   --mode=eval    evaluate_checkpoint: the latest checkpoint, scored
   --mode=export  export_features: the latest checkpoint's features.npz only

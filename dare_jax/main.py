@@ -22,8 +22,8 @@ from dare_jax import configlib
 from dare_jax import console
 from dare_jax import distributed
 from dare_jax import errors
-from dare_jax import fileio
 from dare_jax import eval_mode
+from dare_jax import fileio
 from dare_jax import health
 from dare_jax import train
 

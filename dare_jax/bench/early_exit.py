@@ -230,12 +230,11 @@ def run_real(config, bundle_path: str, features_path: str, batches, budgets,
   from dare_jax.evaluation import metrics
   from dare_jax.inference import streaming
   from dare_jax.retrieval import features as features_lib
-  from dare_jax.retrieval import protocol as protocol_lib
   # pylint: enable=g-import-not-at-top
   b = bundle_lib.Bundle.load(bundle_path)
   if b.model.trinet:
     raise errors.ConfigError(f'{bundle_path}: a TriNet has one exit.')
-  proto = protocol_lib.Protocol.from_bundle(b.meta)
+  proto = b.protocol
   feats = features_lib.load_features(features_path)
   gallery = {e: np.asarray(feats[f'gallery_{e}'], np.float32)
              for e in engine_lib.EXITS}

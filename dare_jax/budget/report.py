@@ -36,10 +36,10 @@ from dare_jax.data import datasets
 from dare_jax.data import spec as spec_lib
 from dare_jax.figures import budget as figures
 from dare_jax.figures import common
-from dare_jax.retrieval import features as features_lib
-from dare_jax.retrieval import protocol as protocol_lib
 from dare_jax.models import dare
 from dare_jax.retrieval import exits as exits_lib
+from dare_jax.retrieval import features as features_lib
+from dare_jax.retrieval import protocol as protocol_lib
 
 REPORT = 'budget_report.json'
 

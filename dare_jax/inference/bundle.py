@@ -50,6 +50,7 @@ from dare_jax import errors
 from dare_jax import fileio
 from dare_jax.data import device_ops
 from dare_jax.models import dare
+from dare_jax.retrieval import protocol as protocol_lib
 
 FORMAT = 'dare_jax.bundle'
 FORMAT_VERSION = 2
@@ -353,6 +354,13 @@ class Bundle:
   @property
   def exit_costs(self) -> dict[str, int]:
     return dict(self.meta['exit_costs'])
+
+  @property
+  def protocol(self) -> protocol_lib.Protocol:
+    """How the run scored retrieval (bundle.json's 'search'): what search,
+    embed files and the anytime engine rank with."""
+    return protocol_lib.Protocol.from_bundle(self.meta,
+                                             fileio.join(self.path, META))
 
   def exported(self) -> jax.export.Exported:
     """The serialised forward, deserialised (call it as

@@ -270,7 +270,7 @@ class AnytimeEngine:
     keep_distances: hand each answer its exit's [G] distances (for
       Rank-1 / mAP of labelled queries).
     runner: a StageRunner of this model and max_batch to reuse.
-    proto: the retrieval protocol (protocol.Protocol.from_bundle(meta));
+    proto: the retrieval protocol (Bundle.protocol);
       raw Euclidean distances when None.
   """
 

@@ -68,8 +68,9 @@ def embed_inputs(bundle, inputs: images_lib.Inputs, *, tta: int = 10,
 
 
 def save(path: str, feats: Features, overwrite: bool = False,
-         protocol: Optional[protocol_lib.Protocol] = None,
-         side: str = 'gallery') -> str:
+         protocol: Optional[protocol_lib.Protocol] = None) -> str:
+  """A gallery side (the schema of retrieval/features.py) with tta, the
+  bundle's fingerprint and the protocol."""
   if fileio.exists(path) and not overwrite:
     raise errors.ConfigError(f'{path} exists; pass --overwrite to replace '
                              'it (or --append to add images to it).')
@@ -77,7 +78,7 @@ def save(path: str, feats: Features, overwrite: bool = False,
     raise errors.ConfigError(f'{path}: the features file must end in .npz.')
   inputs = feats.inputs
   arrays = features_lib.Side(feats.embeddings, inputs.person, inputs.camera,
-                             inputs.paths, inputs.files).to_arrays(side)
+                             inputs.paths, inputs.files).to_arrays('gallery')
   arrays.update(tta=np.int64(feats.tta), bundle=np.array(feats.bundle))
   if not fileio.is_remote(path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -86,8 +87,8 @@ def save(path: str, feats: Features, overwrite: bool = False,
 
 def load(path: str, bundle=None, side: Optional[str] = None) -> Features:
   """One side of a features file (`side` when the file has it, else the
-  side it has: the gallery side first); with a bundle, checked against it (names,
-  dimension, fingerprint)."""
+  side it has: the gallery side first); with a bundle, checked against it
+  (names, dimension, fingerprint)."""
   arrays = features_lib.read(path)
   present = [x for x in ('gallery', 'query')
              if features_lib.side_names(arrays, x)]
@@ -218,12 +219,12 @@ def results(query: Features, gallery: Features, name: str,
 MAX_FIGURE_ROWS = 20
 
 
-def embed_to_file(bundle_path: str, input_spec: str, out: str, *, tta: int = 10,
-          batch: int = 32, runtime: str = 'jax', bad_images: str = 'error',
-          append: bool = False, overwrite: bool = False,
-          progress: bool = True) -> dict:
+def embed_to_file(bundle_path: str, input_spec: str, out: str, *,
+                  tta: int = 10, batch: int = 32, runtime: str = 'jax',
+                  bad_images: str = 'error', append: bool = False,
+                  overwrite: bool = False, progress: bool = True) -> dict:
   """tools/embed: embeds an INPUT's images into the features file `out`
-(with append, only those it does not hold yet); returns a summary {out,
+  (with append, only those it does not hold yet); returns a summary {out,
   input, runtime, tta, embedded, skipped, images, embeddings}."""
   from dare_jax.inference import bundle as bundle_lib  # pylint: disable=g-import-not-at-top
   if append and overwrite:
@@ -255,9 +256,7 @@ def embed_to_file(bundle_path: str, input_spec: str, out: str, *, tta: int = 10,
     if skipped:
       logging.warning('%s', skipped)
     feats = concat(old, feats) if old is not None else feats
-    save(out, feats, overwrite=True,
-         protocol=protocol_lib.Protocol.from_bundle(
-             b.meta, f'{bundle_path}/bundle.json'))
+    save(out, feats, overwrite=True, protocol=b.protocol)
   elif old is None:
     raise errors.DataError(f'{input_spec}: no image to embed.')
   summary['images'] = summary['embedded'] + (len(old) if old else 0)
@@ -306,10 +305,11 @@ def figure_rows(query, gallery_feats, per_exit, input_hw) -> list[dict]:
 
 
 def search_files(bundle_path: str, gallery_spec: str, query_spec: str, *,
-           topk: int = 10, exit_name: str = 'fused', rerank: bool = False,
-           json_out: str = '', figure: str = '', tta: int = 10,
-           batch: int = 32, runtime: str = 'jax', overwrite: bool = False,
-           progress: bool = True) -> list[dict]:
+                 topk: int = 10, exit_name: str = 'fused',
+                 rerank: bool = False, json_out: str = '', figure: str = '',
+                 tta: int = 10, batch: int = 32, runtime: str = 'jax',
+                 overwrite: bool = False, progress: bool = True
+                 ) -> list[dict]:
   """tools/search: the top-K of each query in a gallery (either a
   FEATURES.npz or images embedded now), [{query, exit, results: [{path,
   distance, person}]}], also written to json_out and drawn to figure when
@@ -328,8 +328,7 @@ def search_files(bundle_path: str, gallery_spec: str, query_spec: str, *,
   if topk > len(g):
     logging.warning('--topk=%d: the gallery holds %d images; each query '
                     'lists %d.', topk, len(g), len(g))
-  proto = protocol_lib.Protocol.from_bundle(b.meta,
-                                            f'{bundle_path}/bundle.json')
+  proto = b.protocol
   per_exit = {name: search(q.embeddings[name], g.embeddings[name], topk,
                            proto=proto, rerank=rerank) for name in names}
   by_exit = [results(q, g, name, idx, dist)

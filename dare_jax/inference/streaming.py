@@ -30,7 +30,6 @@ from dare_jax.inference import engine as engine_lib
 from dare_jax.inference import gallery as gallery_lib
 from dare_jax.inference import images as images_lib
 from dare_jax.retrieval import exits as exits_lib
-from dare_jax.retrieval import protocol as protocol_lib
 
 RUNTIMES = ('jax', 'onnx')
 ROUTINGS = ('auto',) + exits_lib.ROUTINGS
@@ -123,18 +122,17 @@ def open_engine(b, embeddings: Mapping[str, np.ndarray], g_pids, g_camids, *,
       routing=routing, budget=budget, deadline_ms=deadline_ms, topk=topk,
       max_batch=batch, seed=seed, keep_distances=keep_distances,
       runner=runner or make_runner(b, runtime, batch),
-      proto=protocol_lib.Protocol.from_bundle(b.meta,
-                                              f'{b.path}/bundle.json'))
+      proto=b.protocol)
   if warmup:
     engine.warmup(b.input_hw)
   return engine
 
 
 def stream_files(bundle_path: str, gallery_spec: str, queries_spec: str, *,
-               budget=None, deadline_ms=None, routing: str = 'auto',
-               batch: int = 16, mode: str = 'batch', runtime: str = 'jax',
-               topk: int = 10, seed: int = 0, json_out: str = '', overwrite: bool = False,
-               progress: bool = True) -> dict:
+                 budget=None, deadline_ms=None, routing: str = 'auto',
+                 batch: int = 16, mode: str = 'batch', runtime: str = 'jax',
+                 topk: int = 10, seed: int = 0, json_out: str = '',
+                 overwrite: bool = False, progress: bool = True) -> dict:
   """Streams the queries; returns the --json object. budget: Mul-Adds per
   query (a number, or text as parse_budget reads it: '2.9M', '50%');
   routing 'auto': margin for a labelled gallery, distance otherwise."""

@@ -13,8 +13,8 @@ and, once per file:
   tta             int  views averaged per image (10 or 1)
   bundle          str  fingerprint of the bundle that embedded them
 --mode=eval and export write both sides with ids and the protocol; tools/embed
-writes a gallery (or, as --query, a query side) with paths, files, tta, bundle
-and the protocol, and ids when its input had them. Evaluation needs both
+writes a gallery side with paths, files, tta, bundle and the protocol, and
+ids when its input had them (tools/search reads either side of any file). Evaluation needs both
 sides' NAME, pids and camids; search needs one side's NAME and paths.
 Files of tools/embed from before 2026-12-03 (bare NAME, paths, person,
 camera) are read as a gallery side, said once.
@@ -34,7 +34,8 @@ from dare_jax import fileio
 SIDES = ('query', 'gallery')
 ID_FIELDS = ('pids', 'camids')
 PATH_FIELDS = ('paths', 'files')
-META_KEYS = ('protocol', 'tta', 'bundle')
+PROTOCOL_KEY = 'protocol'  # retrieval/protocol.Protocol as JSON
+META_KEYS = (PROTOCOL_KEY, 'tta', 'bundle')
 ID_KEYS = tuple(f'{s}_{f}' for s in SIDES for f in ID_FIELDS)
 _FIELDS = ID_FIELDS + PATH_FIELDS
 # tools/embed before 2026-12-03: these keys, the rest bare embedding names.
@@ -174,7 +175,7 @@ def write(path: str, feats: Mapping[str, Any], protocol=None) -> str:
   retrieval/protocol.Protocol) recorded when given."""
   arrays = dict(feats)
   if protocol is not None:
-    arrays['protocol'] = protocol.to_array()
+    arrays[PROTOCOL_KEY] = protocol.to_array()
   fileio.save_npz(path, arrays)
   return path
 

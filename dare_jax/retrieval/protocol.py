@@ -27,9 +27,10 @@ import numpy as np
 
 from dare_jax import errors
 from dare_jax.evaluation import metrics
+from dare_jax.retrieval import features as features_lib
 
 # The features.npz key that holds the protocol (a JSON string).
-KEY = 'protocol'
+KEY = features_lib.PROTOCOL_KEY
 _NOTED: set = set()
 
 
@@ -176,7 +177,6 @@ class Protocol:
     """{NAME: {rank1, rank5, rank10, ..., mAP, mINP, num_valid_queries,
     num_queries}} for each embedding NAME of a features dict (fractions in
     [0, 1]); with reranked, on the re-ranked distances."""
-    from dare_jax.retrieval import features as features_lib  # pylint: disable=g-import-not-at-top
     names = (list(names) if names is not None
              else features_lib.embedding_names(feats))
     ids = [np.asarray(feats[k]) for k in features_lib.ID_KEYS]
